@@ -1,0 +1,212 @@
+"""Named model configurations, in the manner of open_clip's model configs.
+
+    from cosmo_vl.presets import get_config, get_processor, list_presets
+    model = CosmoForConditionalGeneration(get_config("cosmo-tiny"))
+
+`cosmo-tiny` is the embedded default: a tiny CLIP-style ViT and a tiny Llama-style LM with the embedded
+byte-level tokenizer, so everything runs offline. The other presets have the shapes of the released CosMo
+sizes (CLIP ViT-L/14 with OPT-IML-1.3B, RedPajama-INCITE-3B and Mistral-7B); build them on the meta device to
+inspect them, or use `CosmoForConditionalGeneration.from_backbones` to load real towers.
+"""
+
+import math
+from collections.abc import Callable
+
+from transformers import CLIPImageProcessor, CLIPVisionConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig
+
+from .modeling import CosmoConfig
+from .processing import CosmoProcessor, load_default_tokenizer
+
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def _vit_l14() -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, patch_size=14, image_size=224
+    )
+
+
+def _special_token_ids() -> dict:
+    tok = load_default_tokenizer()
+    return {
+        "media_token_id": tok.convert_tokens_to_ids("<visual>"),
+        "endofchunk_token_id": tok.convert_tokens_to_ids("<|endofchunk|>"),
+        "pad_token_id": tok.pad_token_id,
+        "bos_token_id": tok.bos_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "vocab_size": len(tok),
+    }
+
+
+def _cosmo_tiny() -> CosmoConfig:
+    ids = _special_token_ids()
+    vision = CLIPVisionConfig(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, patch_size=8, image_size=32
+    )
+    text = LlamaConfig(
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=ids["vocab_size"],
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        pad_token_id=ids["pad_token_id"],
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+    )
+    # Random towers have nothing to preserve, so the tiny default trains them; released sizes freeze them.
+    return CosmoConfig(
+        vision_config=vision,
+        text_config=text,
+        unimodal_depth=2,
+        cross_attention_interval=1,
+        cross_attention_heads=4,
+        cross_attention_head_dim=32,
+        num_latents=16,
+        resampler_depth=2,
+        resampler_heads=4,
+        resampler_head_dim=16,
+        max_num_frames=16,
+        max_num_media=16,
+        contrastive_dim=64,
+        logit_scale_init_value=math.log(1 / 0.07),
+        media_token_id=ids["media_token_id"],
+        endofchunk_token_id=ids["endofchunk_token_id"],
+        freeze_vision_tower=False,
+        freeze_language_model=False,
+    )
+
+
+def _released(text, unimodal_depth: int, interval: int) -> CosmoConfig:
+    ids = _special_token_ids()
+    return CosmoConfig(
+        vision_config=_vit_l14(),
+        text_config=text,
+        unimodal_depth=unimodal_depth,
+        cross_attention_interval=interval,
+        num_latents=64,
+        resampler_depth=6,
+        resampler_heads=8,
+        resampler_head_dim=64,
+        contrastive_dim=512,
+        media_token_id=ids["media_token_id"],
+        endofchunk_token_id=ids["endofchunk_token_id"],
+    )
+
+
+def _cosmo_2b() -> CosmoConfig:
+    text = OPTConfig(
+        hidden_size=2048,
+        ffn_dim=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        word_embed_proj_dim=2048,
+        vocab_size=50272,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+    )
+    return _released(text, unimodal_depth=12, interval=1)
+
+
+def _cosmo_3b() -> CosmoConfig:
+    text = GPTNeoXConfig(
+        hidden_size=2560,
+        intermediate_size=10240,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        vocab_size=50432,
+        max_position_embeddings=2048,
+        tie_word_embeddings=False,
+    )
+    return _released(text, unimodal_depth=16, interval=2)
+
+
+def _cosmo_8b() -> CosmoConfig:
+    text = MistralConfig(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        vocab_size=32000,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+    )
+    return _released(text, unimodal_depth=16, interval=4)
+
+
+_CONFIGS: dict[str, Callable] = {
+    "cosmo-tiny": _cosmo_tiny,
+    "cosmo-2b": _cosmo_2b,
+    "cosmo-3b": _cosmo_3b,
+    "cosmo-8b": _cosmo_8b,
+}
+_IMAGE_SIZES = {"cosmo-tiny": 32}
+
+
+def register_preset(name: str, config_fn: Callable, image_size: int = 224) -> None:
+    """Add a named config (used by the other architectures of the family)."""
+    _CONFIGS[name] = config_fn
+    _IMAGE_SIZES[name] = image_size
+
+
+def list_presets() -> list[str]:
+    return sorted(_CONFIGS)
+
+
+def get_config(name: str, **overrides):
+    """A fresh config for preset `name`; keyword arguments override its fields."""
+    if name not in _CONFIGS:
+        raise KeyError(f"Unknown preset {name!r}; available: {', '.join(list_presets())}.")
+    config = _CONFIGS[name]()
+    for key, value in overrides.items():
+        if not hasattr(config, key):
+            raise KeyError(f"Preset {name!r} has no config field {key!r}.")
+        setattr(config, key, value)
+    return config
+
+
+def get_processor(name: str, tokenizer=None, **kwargs) -> CosmoProcessor:
+    """The processor of preset `name`: a CLIP image processor at the preset's resolution and the embedded
+    byte-level tokenizer (or `tokenizer`, e.g. the LM's own when towers are loaded from the Hub)."""
+    if name not in _CONFIGS:
+        raise KeyError(f"Unknown preset {name!r}; available: {', '.join(list_presets())}.")
+    size = _IMAGE_SIZES.get(name, 224)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=CLIP_MEAN, image_std=CLIP_STD
+    )
+    return CosmoProcessor(image_processor=image_processor, tokenizer=tokenizer or load_default_tokenizer(), **kwargs)
+
+
+def trainable_fraction_report(names=("cosmo-tiny", "cosmo-2b")) -> list[dict]:
+    """Trainable/total parameters of each preset, built on the meta device (no weights allocated)."""
+    import torch
+
+    from .modeling import CosmoForConditionalGeneration, trainable_parameters
+
+    rows = []
+    for name in names:
+        variants = [("as configured", {})]
+        if name == "cosmo-tiny":
+            variants.append(("towers frozen", {"freeze_vision_tower": True, "freeze_language_model": True}))
+        for label, overrides in variants:
+            with torch.device("meta"):
+                model = CosmoForConditionalGeneration(get_config(name, **overrides))
+            trainable, total, fraction = trainable_parameters(model)
+            rows.append({"preset": name, "variant": label, "trainable": trainable, "total": total, "fraction": fraction})
+    return rows
+
+
+def main() -> None:
+    for row in trainable_fraction_report():
+        print(
+            f"{row['preset']:<11} {row['variant']:<14} trainable {row['trainable'] / 1e6:9.2f}M / "
+            f"{row['total'] / 1e6:9.2f}M = {100 * row['fraction']:.1f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Which media each text token sees: the latest one at or before it, none before the first."""
+
+import torch
+
+
+def media_index_from_ids(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
+    """(B, T) ids -> (B, T) 1-based index of the latest media token at or before each position (0 = none yet)."""
+    return (input_ids == media_token_id).cumsum(dim=-1)
+
+
+def media_attention_mask(media_index: torch.Tensor, media_mask: torch.Tensor, num_latents: int) -> torch.Tensor:
+    """Which visual latents each text token may attend to.
+
+    media_index: (B, T) from `media_index_from_ids`; media_mask: (B, M) bool, True for real media.
+    Returns a bool mask (B, 1, T, M * num_latents): token t sees the latents of media ``media_index[t]`` only,
+    tokens before any media and padded media see nothing.
+    """
+    b, m = media_mask.shape
+    key_media = torch.arange(1, m + 1, device=media_index.device).repeat_interleave(num_latents)  # (M*L,)
+    key_real = media_mask.repeat_interleave(num_latents, dim=1)  # (B, M*L)
+    allowed = (media_index[:, :, None] == key_media[None, None, :]) & key_real[:, None, :]  # (B, T, M*L)
+    return allowed[:, None]

@@ -1,0 +1,516 @@
+"""CosMo: vision tower -> Perceiver resampler -> split causal LM with gated cross-attention + contrastive heads."""
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.utils import ModelOutput
+
+from .configuration_cosmo import CosmoConfig
+from .contrastive import ContrastiveProjection, LogitScale, contrastive_logits, symmetric_contrastive_loss
+from .cross_attention import GatedCrossAttentionBlock
+from .lm_split import split_language_model
+from .media_masks import media_index_from_ids
+from .pooling import AttentionPooling
+from .resampler import PerceiverResampler
+from .visual_context import StopAtSplit, VisualContext
+
+
+@dataclass
+class CosmoVisualCache:
+    """Media encoded once per `generate` call: resampled latents and the cross-attention keys/values per layer.
+
+    latents: (B, M, L, Dv) latents the LM attends to; contrastive_latents: (B, M, Dv); media_mask: (B, M) bool.
+    """
+
+    latents: torch.Tensor
+    contrastive_latents: torch.Tensor
+    media_mask: torch.Tensor
+    kv: dict = field(default_factory=dict)
+
+
+@dataclass
+class CosmoModelOutput(ModelOutput):
+    """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    visual_cache: CosmoVisualCache | None = None
+
+
+@dataclass
+class CosmoOutput(ModelOutput):
+    """Outputs of `CosmoForConditionalGeneration`: `loss = lm_loss + contrastive_loss_weight * contrastive_loss`."""
+
+    loss: torch.FloatTensor | None = None
+    lm_loss: torch.FloatTensor | None = None
+    contrastive_loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logit_scale: torch.FloatTensor | None = None
+    visual_cache: CosmoVisualCache | None = None
+
+
+def _as_media_batch(pixel_values: torch.Tensor) -> torch.Tensor:
+    """Accept (B, C, H, W), (B, M, C, H, W) or (B, M, F, C, H, W); return (B, M, F, C, H, W)."""
+    if pixel_values.dim() == 4:
+        return pixel_values[:, None, None]
+    if pixel_values.dim() == 5:
+        return pixel_values[:, :, None]
+    if pixel_values.dim() == 6:
+        return pixel_values
+    raise ValueError(
+        f"pixel_values must be (B, C, H, W), (B, M, C, H, W) or (B, M, F, C, H, W); got shape {tuple(pixel_values.shape)}."
+    )
+
+
+def _is_pair_batch(pixel_values: torch.Tensor, media_mask: torch.Tensor | None) -> bool:
+    """True when every sample holds exactly one image or video (the batches the contrastive loss uses)."""
+    if media_mask is None:
+        return _as_media_batch(pixel_values).shape[1] == 1
+    return bool((media_mask.sum(-1) == 1).all())
+
+
+def _mark_initialized(module: nn.Module) -> None:
+    """Pretrained towers handed to the constructor must not be re-initialised by `post_init`."""
+    for sub in module.modules():
+        sub._is_hf_initialized = True
+    for tensor in list(module.parameters()) + list(module.buffers()):
+        tensor._is_hf_initialized = True
+
+
+class CosmoPreTrainedModel(PreTrainedModel):
+    config_class = CosmoConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    input_modalities = ("image", "video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _can_compile_fullgraph = False
+    _no_split_modules = ["MultimodalDecoderLayer", "PerceiverLayer"]
+    _skip_keys_device_placement = ["past_key_values"]
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, PerceiverResampler):
+            init.normal_(module.latents, std=std)
+            init.zeros_(module.frame_embeddings)
+            if module.media_position_embeddings is not None:
+                init.zeros_(module.media_position_embeddings)
+        elif isinstance(module, GatedCrossAttentionBlock):
+            init.zeros_(module.attn_gate)
+            init.zeros_(module.ff_gate)
+        elif isinstance(module, AttentionPooling):
+            init.normal_(module.query, std=std)
+        elif isinstance(module, LogitScale):
+            init.constant_(module.value, self.config.logit_scale_init_value)
+
+    @classmethod
+    def from_backbones(cls, vision: str, text: str, **config_kwargs):
+        """Build a CosMo model around pretrained towers given by local path or Hub id.
+
+        `vision` may point at a vision-only checkpoint or a dual encoder (CLIP, SigLIP: its vision tower is used);
+        `text` at a causal LM. Extra keyword arguments go to `CosmoConfig` (e.g. `unimodal_depth`).
+        """
+        from transformers import AutoConfig
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+        vision_cfg = AutoConfig.from_pretrained(vision)
+        vision_cfg = getattr(vision_cfg, "vision_config", None) or vision_cfg
+        vision_model = MODEL_MAPPING[type(vision_cfg)].from_pretrained(vision)
+        causal_lm = AutoModelForCausalLM.from_pretrained(text)
+        attn = (vision_model.config._attn_implementation, causal_lm.config._attn_implementation)
+        config = cls.config_class(vision_config=vision_model.config, text_config=causal_lm.config, **config_kwargs)
+        model = cls(config, vision_model=vision_model, causal_lm=causal_lm)
+        # The composite's __init__ re-dispatches attention on the sub-configs the towers share: restore theirs.
+        config.vision_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
+        return model
+
+
+class CosmoModel(CosmoPreTrainedModel):
+    """Vision tower, resampler, split LM (no LM head) and the contrastive heads."""
+
+    def __init__(self, config: CosmoConfig, vision_model: PreTrainedModel | None = None, causal_lm=None):
+        super().__init__(config)
+        if vision_model is None:
+            vision_model = AutoModel.from_config(config.vision_config)
+        else:
+            _mark_initialized(vision_model)
+        language_model = AutoModel.from_config(config.text_config) if causal_lm is None else causal_lm.base_model
+        if causal_lm is not None:
+            _mark_initialized(language_model)
+        self.vision_model = vision_model
+        self.language_model = language_model
+        vision_dim = config.vision_config.hidden_size
+        text_dim = config.text_config.hidden_size
+        self.resampler = PerceiverResampler(
+            vision_dim,
+            config.num_latents,
+            config.resampler_depth,
+            config.resampler_heads,
+            config.resampler_head_dim,
+            config.resampler_ff_mult,
+            config.max_num_frames,
+            config.max_num_media,
+            num_extra_latents=1,
+        )
+        split_language_model(
+            self.language_model,
+            config,
+            lambda idx: GatedCrossAttentionBlock(
+                text_dim,
+                vision_dim,
+                config.cross_attention_heads,
+                config.cross_attention_head_dim,
+                config.cross_attention_ff_mult,
+                config.cross_attention_compress_ratio,
+                layer_idx=idx,
+            ),
+        )
+        self.text_pooler = AttentionPooling(text_dim)
+        self.text_projection = ContrastiveProjection(text_dim, config.contrastive_dim)
+        self.image_projection = ContrastiveProjection(vision_dim, config.contrastive_dim)
+        self.logit_scale = LogitScale(config.logit_scale_init_value, config.logit_scale_max)
+        self.post_init()
+        self.apply_freezing()
+
+    def apply_freezing(self) -> None:
+        """Freeze the towers as the config says; cross-attention blocks inside the LM always stay trainable."""
+        self.vision_model.requires_grad_(not self.config.freeze_vision_tower)
+        for name, param in self.language_model.named_parameters():
+            param.requires_grad_(not self.config.freeze_language_model or ".cross_attention." in name)
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    # ----------------------------------------------------------------------------------------------- media
+    def _vision_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) -> (N, P, Dv) tokens of the configured vision layer."""
+        layer = self.config.vision_feature_layer
+        train_tower = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_model.parameters())
+        with torch.set_grad_enabled(train_tower):
+            out = self.vision_model(pixel_values=frames, output_hidden_states=layer != -1)
+        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+
+    def encode_media(
+        self,
+        pixel_values: torch.Tensor,
+        media_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> CosmoVisualCache:
+        """pixel_values (B, M, F, C, H, W) -> resampled latents of the real media (padded media/frames skipped)."""
+        pixel_values = _as_media_batch(pixel_values)
+        b, m, f = pixel_values.shape[:3]
+        device = pixel_values.device
+        media_mask = torch.ones(b, m, dtype=torch.bool, device=device) if media_mask is None else media_mask.bool()
+        frame_mask = media_mask[:, :, None].expand(b, m, f) if frame_mask is None else frame_mask.bool()
+        frame_mask = frame_mask & media_mask[:, :, None]
+        dtype = self.vision_model.dtype
+        features = self._vision_features(pixel_values[frame_mask].to(dtype))  # (n_frames, P, Dv)
+        p, dv = features.shape[1:]
+        per_frame = features.new_zeros(b, m, f, p, dv)
+        per_frame[frame_mask] = features
+        positions = torch.arange(m, device=device).expand(b, m)[media_mask]  # (n_media,)
+        latents = self.resampler(per_frame[media_mask], frame_mask[media_mask], positions)  # (n_media, L+1, Dv)
+        all_latents = latents.new_zeros(b, m, *latents.shape[1:])
+        all_latents[media_mask] = latents
+        num_latents = self.config.num_latents
+        return CosmoVisualCache(all_latents[:, :, :num_latents], all_latents[:, :, num_latents], media_mask)
+
+    def _image_embeds(self, visual: CosmoVisualCache) -> torch.Tensor:
+        """Mean of the contrastive latent over each sample's real media -> (B, contrastive_dim), L2-normalised."""
+        weights = visual.media_mask.to(visual.contrastive_latents.dtype)[:, :, None]  # (B, M, 1)
+        pooled = (visual.contrastive_latents * weights).sum(1) / weights.sum(1).clamp(min=1)  # (B, Dv)
+        return self.image_projection(pooled)
+
+    def _text_embeds(self, split_hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        return self.text_projection(self.text_pooler(split_hidden, attention_mask))
+
+    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
+        """Normalised image (or video) embeddings (B, contrastive_dim) from the contrastive latent."""
+        return self._image_embeds(self.encode_media(pixel_values, media_mask, frame_mask))
+
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        """Normalised text embeddings (B, contrastive_dim); runs only the text-only lower layers of the LM."""
+        context = VisualContext(stop_at_split=True)
+        try:
+            self.language_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, visual_context=context)
+        except StopAtSplit:
+            pass
+        return self._text_embeds(context.split_hidden, attention_mask)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def _check_media_tokens(self, input_ids: torch.Tensor, media_mask: torch.Tensor) -> None:
+        tokens = (input_ids == self.config.media_token_id).sum(-1)
+        media = media_mask.sum(-1)
+        for i in torch.nonzero(tokens != media).flatten().tolist():
+            raise ValueError(
+                f"Sample {i} has {int(tokens[i])} media tokens (id {self.config.media_token_id}) but "
+                f"{int(media[i])} images/videos; put one `<visual>` placeholder per media item (the processor does)."
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        media_mask: torch.BoolTensor | None = None,
+        frame_mask: torch.BoolTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        visual_cache: CosmoVisualCache | None = None,
+        media_index: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> CosmoModelOutput:
+        r"""
+        pixel_values: (B, M, F, C, H, W) media of each sample (images have F = 1); (B, C, H, W) means one image each.
+        media_mask: (B, M) True for real media; frame_mask: (B, M, F) True for real frames.
+        visual_cache: media encoded by an earlier call (used while generating); replaces `pixel_values`.
+        media_index: (B, T) latest media index per token (computed from `input_ids` when not given).
+        return_loss: compute the contrastive loss (needs exactly one media item per sample).
+        """
+        if visual_cache is None and pixel_values is not None:
+            visual_cache = self.encode_media(pixel_values, media_mask, frame_mask)
+            if input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+                self._check_media_tokens(input_ids, visual_cache.media_mask)
+        if media_index is None and visual_cache is not None:
+            if input_ids is None:
+                raise ValueError("With inputs_embeds and media, pass `media_index` (see media_index_from_ids).")
+            media_index = media_index_from_ids(input_ids, self.config.media_token_id)
+        pair_batch = visual_cache is not None and bool((visual_cache.media_mask.sum(-1) == 1).all())
+        if return_loss and not pair_batch:
+            raise ValueError(
+                "The contrastive loss needs exactly one image or video per sample (a pair batch); "
+                "call with return_loss=False for interleaved documents."
+            )
+        full_sequence = past_key_values is None or past_key_values.get_seq_length() == 0
+        want_embeds = bool(return_loss) or (pair_batch and full_sequence and pixel_values is not None)
+        context = VisualContext(
+            latents=None if visual_cache is None else visual_cache.latents,
+            media_mask=None if visual_cache is None else visual_cache.media_mask,
+            media_index=media_index,
+            # K/V of the latents are reused across decoding steps; never under autograd (checkpoint replays).
+            kv_cache=visual_cache.kv if visual_cache is not None and not torch.is_grad_enabled() else None,
+        )
+        outputs = self.language_model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            visual_context=context,
+            **kwargs,
+        )
+        result = CosmoModelOutput(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            visual_cache=visual_cache,
+        )
+        if want_embeds:
+            result.image_embeds = self._image_embeds(visual_cache)
+            result.text_embeds = self._text_embeds(context.split_hidden, attention_mask)
+            result.logit_scale = self.logit_scale()
+            result.logits_per_image, result.logits_per_text = contrastive_logits(
+                result.image_embeds, result.text_embeds, result.logit_scale
+            )
+            if return_loss:
+                result.contrastive_loss = symmetric_contrastive_loss(result.logits_per_image, result.logits_per_text)
+        return result
+
+
+class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
+    """CosMo with its LM head: captioning, VQA, few-shot interleaved generation, plus the contrastive loss."""
+
+    def __init__(self, config: CosmoConfig, vision_model: PreTrainedModel | None = None, causal_lm=None):
+        super().__init__(config)
+        self.model = CosmoModel(config, vision_model=vision_model, causal_lm=causal_lm)
+        embeddings = self.model.get_input_embeddings()
+        self.lm_head = nn.Linear(embeddings.embedding_dim, embeddings.num_embeddings, bias=False)
+        # Tie like the wrapped LM does; the embedding's parameter name depends on the LM family.
+        embed_name = next(n for n, m in self.model.language_model.named_modules() if m is embeddings)
+        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
+        if causal_lm is not None:
+            head = causal_lm.get_output_embeddings()
+            if getattr(head, "bias", None) is not None:
+                raise ValueError(f"{type(causal_lm).__name__} has a biased LM head, which CosMo does not support yet.")
+            self.lm_head.weight = head.weight if config.tie_word_embeddings else nn.Parameter(head.weight.detach().clone())
+            _mark_initialized(self.lm_head)
+        self.post_init()
+        self.model.apply_freezing()
+        self.lm_head.requires_grad_(not config.freeze_language_model)
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values, media_mask, frame_mask)
+
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        return self.model.get_text_features(input_ids, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        media_mask: torch.BoolTensor | None = None,
+        frame_mask: torch.BoolTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        visual_cache: CosmoVisualCache | None = None,
+        media_index: torch.LongTensor | None = None,
+        return_loss: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CosmoOutput:
+        r"""
+        labels: (B, T) next-token targets (-100 = ignored), as the processor builds them with `return_labels=True`.
+        return_loss: add the contrastive term; by default it is added when `labels` are given on a pair batch
+            (exactly one image or video per sample), never on interleaved documents.
+        Other arguments as `CosmoModel.forward`.
+        """
+        if return_loss is None:
+            return_loss = labels is not None and pixel_values is not None and _is_pair_batch(pixel_values, media_mask)
+        num_items_in_batch = kwargs.pop("num_items_in_batch", None)
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            media_mask=media_mask,
+            frame_mask=frame_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            visual_cache=visual_cache,
+            media_index=media_index,
+            return_loss=return_loss,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, keep, :])
+        lm_loss = None
+        if labels is not None:
+            lm_loss = self.loss_function(
+                logits, labels, vocab_size=self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+            )
+        loss = lm_loss
+        if outputs.contrastive_loss is not None:
+            weighted = self.config.contrastive_loss_weight * outputs.contrastive_loss
+            loss = weighted if loss is None else loss + weighted
+        return CosmoOutput(
+            loss=loss,
+            lm_loss=lm_loss,
+            contrastive_loss=outputs.contrastive_loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_embeds=outputs.image_embeds,
+            text_embeds=outputs.text_embeds,
+            logits_per_image=outputs.logits_per_image,
+            logits_per_text=outputs.logits_per_text,
+            logit_scale=outputs.logit_scale,
+            visual_cache=outputs.visual_cache,
+        )
+
+    # ------------------------------------------------------------------------------------------- generation
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        pixel_values=None,
+        media_mask=None,
+        frame_mask=None,
+        visual_cache=None,
+        **kwargs,
+    ):
+        # The media index needs the whole sequence; the LM inputs are only the new tokens.
+        media_index = media_index_from_ids(input_ids, self.config.media_token_id)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
+        step_ids = model_inputs.get("input_ids")
+        if step_ids is not None:
+            model_inputs["media_index"] = media_index[:, -step_ids.shape[1] :]
+        if visual_cache is not None:
+            model_inputs["visual_cache"] = visual_cache
+        else:
+            model_inputs.update(pixel_values=pixel_values, media_mask=media_mask, frame_mask=frame_mask)
+        model_inputs["return_loss"] = False
+        return model_inputs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        # Media are encoded once: later steps reuse the latents and their cross-attention keys/values.
+        if getattr(outputs, "visual_cache", None) is not None:
+            model_kwargs["visual_cache"] = outputs.visual_cache
+        return model_kwargs
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int, float]:
+    """(trainable, total, trainable / total) parameter counts; works on meta-device models."""
+    seen, trainable, total = set(), 0, 0
+    for param in model.parameters():
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return trainable, total, trainable / max(total, 1)
+
+
+__all__ = [
+    "CosmoForConditionalGeneration",
+    "CosmoModel",
+    "CosmoModelOutput",
+    "CosmoOutput",
+    "CosmoPreTrainedModel",
+    "CosmoVisualCache",
+    "trainable_parameters",
+]

@@ -1,0 +1,41 @@
+"""The per-call visual state handed to the decoder layers as a keyword argument."""
+
+from dataclasses import dataclass, field
+
+import torch
+
+from .media_masks import media_attention_mask
+
+
+class StopAtSplit(Exception):
+    """Raised after the last text-only layer when only the text embedding is needed."""
+
+
+@dataclass
+class VisualContext:
+    """Everything the split LM needs for one forward call; owned by the caller, never stored on layers.
+
+    latents: (B, M, L, Dv) visual latents seen by the cross-attention (None for a text-only call).
+    media_mask: (B, M) bool, True for real media. media_index: (B, T) latest media index per token (0 = none).
+    kv_cache: layer index -> (keys, values) of the visual latents, filled once and reused while decoding.
+    split_hidden: (B, T, D) output of the last text-only layer, written by that layer's wrapper.
+    stop_at_split: raise `StopAtSplit` after the text-only layers (pure text embeddings).
+    """
+
+    latents: torch.Tensor | None = None
+    media_mask: torch.Tensor | None = None
+    media_index: torch.Tensor | None = None
+    kv_cache: dict | None = None
+    split_hidden: torch.Tensor | None = None
+    stop_at_split: bool = False
+    _mask: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def has_media(self) -> bool:
+        return self.latents is not None and self.latents.shape[1] > 0
+
+    def attention_mask(self) -> torch.Tensor:
+        """(B, 1, T, M*L) bool mask of the cross-attention, computed once per call and shared by all blocks."""
+        if self._mask is None:
+            self._mask = media_attention_mask(self.media_index, self.media_mask, self.latents.shape[2])
+        return self._mask

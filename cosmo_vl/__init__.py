@@ -27,6 +27,8 @@ from .modeling import (  # noqa: E402
     trainable_parameters,
 )
 
+from .remote_code import enable_remote_code  # noqa: E402
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -35,5 +37,6 @@ __all__ = [
     "CosmoModel",
     "CosmoOutput",
     "CosmoPreTrainedModel",
+    "enable_remote_code",
     "trainable_parameters",
 ]

@@ -12,14 +12,10 @@ inspect them, or use `CosmoForConditionalGeneration.from_backbones` to load real
 import math
 from collections.abc import Callable
 
-from transformers import CLIPImageProcessor, CLIPVisionConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig
+from transformers import CLIPVisionConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig
 
 from .modeling import CosmoConfig
-from .processing import CosmoProcessor, load_default_tokenizer
-
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
+from .processing import CosmoProcessor, load_default_processor, load_default_tokenizer
 
 def _vit_l14() -> CLIPVisionConfig:
     return CLIPVisionConfig(
@@ -174,11 +170,10 @@ def get_processor(name: str, tokenizer=None, **kwargs) -> CosmoProcessor:
     byte-level tokenizer (or `tokenizer`, e.g. the LM's own when towers are loaded from the Hub)."""
     if name not in _CONFIGS:
         raise KeyError(f"Unknown preset {name!r}; available: {', '.join(list_presets())}.")
-    size = _IMAGE_SIZES.get(name, 224)
-    image_processor = CLIPImageProcessor(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}, image_mean=CLIP_MEAN, image_std=CLIP_STD
-    )
-    return CosmoProcessor(image_processor=image_processor, tokenizer=tokenizer or load_default_tokenizer(), **kwargs)
+    processor = load_default_processor(image_size=_IMAGE_SIZES.get(name, 224), **kwargs)
+    if tokenizer is not None:
+        processor.tokenizer = tokenizer
+    return processor
 
 
 def trainable_fraction_report(names=("cosmo-tiny", "cosmo-2b")) -> list[dict]:

@@ -13,10 +13,11 @@ AUTO_MAPS = {
 }
 
 
-def enable_remote_code(model: PreTrainedModel) -> PreTrainedModel:
+def enable_remote_code(model: PreTrainedModel, processor=None) -> PreTrainedModel:
     """Register `model`'s classes for remote code so its next `save_pretrained` also writes the modeling files
     (only relative imports inside `cosmo_vl.modeling`, so they are self-contained) and an `auto_map` covering
-    every Auto class of the architecture. Returns `model`."""
+    every Auto class of the architecture. With `processor`, its next `save_pretrained` copies the processor's
+    (self-contained) module and maps `AutoProcessor` to it. Returns `model`."""
     model_type = model.config.model_type
     if model_type not in AUTO_MAPS:
         raise ValueError(f"No remote-code mapping for model_type={model_type!r}; known: {sorted(AUTO_MAPS)}.")
@@ -25,4 +26,6 @@ def enable_remote_code(model: PreTrainedModel) -> PreTrainedModel:
     type(model).register_for_auto_class(own)
     type(model.config).register_for_auto_class()
     model.config.auto_map = dict(auto_map)
+    if processor is not None:
+        type(processor).register_for_auto_class("AutoProcessor")
     return model

@@ -1,0 +1,110 @@
+"""Batched evaluation loops: zero-shot classification, image-text retrieval, captioning and VQA."""
+
+from collections.abc import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import bleu, cider_d, exact_match, retrieval_metrics, top1_accuracy, vqa_accuracy
+
+
+def _batches(items: Sequence, size: int, desc: str, progress: bool):
+    starts = range(0, len(items), size)
+    for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        yield items[start : start + size]
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def image_embeddings(model, processor, media: Sequence, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """(N, D) normalised embeddings of images (PIL) or videos (frame arrays), one media item per sample."""
+    out = []
+    for chunk in _batches(list(media), batch_size, "image features", progress):
+        batch = processor(media=[[m] for m in chunk], text=["<visual>"] * len(chunk), return_tensors="pt")
+        out.append(
+            model.get_image_features(
+                batch["pixel_values"].to(_device(model)), batch["media_mask"].to(_device(model)),
+                batch["frame_mask"].to(_device(model)),
+            ).float().cpu()
+        )
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def text_embeddings(model, processor, texts: Sequence[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """(N, D) normalised text embeddings, formatted exactly as the training pairs."""
+    out = []
+    for chunk in _batches(list(texts), batch_size, "text features", progress):
+        batch = processor.contrastive_text_inputs(list(chunk), return_tensors="pt").to(_device(model))
+        out.append(model.get_text_features(batch["input_ids"], batch["attention_mask"]).float().cpu())
+    return torch.cat(out)
+
+
+def zero_shot_classification(
+    model, processor, media: Sequence, labels: Sequence[int], class_names: Sequence[str], template: str = "{}",
+    batch_size: int = 64, progress: bool = True,
+) -> dict:
+    """Top-1 accuracy of nearest class prompt (`template.format(name)`) in the contrastive space."""
+    image = image_embeddings(model, processor, media, batch_size, progress)
+    text = text_embeddings(model, processor, [template.format(c) for c in class_names], progress=progress)
+    return {"zero_shot_top1": top1_accuracy(image @ text.t(), labels), "num_classes": len(class_names)}
+
+
+def retrieval(model, processor, media: Sequence, texts: Sequence[str], text_to_image: Sequence[int],
+              batch_size: int = 64, progress: bool = True) -> dict:
+    """Image<->text recall@1/5/10 and median ranks."""
+    image = image_embeddings(model, processor, media, batch_size, progress)
+    text = text_embeddings(model, processor, texts, progress=progress)
+    return retrieval_metrics(image @ text.t(), text_to_image)
+
+
+@torch.no_grad()
+def generate_texts(
+    model, processor, prompts: Sequence[str], media: Sequence[Sequence], batch_size: int = 32,
+    max_new_tokens: int = 20, num_beams: int = 1, progress: bool = True, desc: str = "generate",
+) -> list[str]:
+    """Greedy/beam generation for interleaved prompts (left padded), stopping at `<|endofchunk|>`."""
+    outputs = []
+    device = _device(model)
+    stop = [processor.endofchunk_token_id, processor.tokenizer.eos_token_id]
+    pairs = list(zip(prompts, media))
+    for chunk in _batches(pairs, batch_size, desc, progress):
+        texts, items = zip(*chunk)
+        batch = processor(text=list(texts), media=[list(m) for m in items], return_tensors="pt", padding_side="left")
+        batch = batch.to(device)
+        generated = model.generate(
+            **batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, eos_token_id=stop,
+            pad_token_id=processor.tokenizer.pad_token_id,
+        )
+        new_tokens = generated[:, batch["input_ids"].shape[1] :]
+        outputs.extend(processor.post_process_generation(processor.batch_decode(new_tokens, skip_special_tokens=False)))
+    return [o.strip() for o in outputs]
+
+
+def captioning(model, processor, media: Sequence, references: Sequence[Sequence[str]], prompt: str = "<visual>",
+               shots: Sequence[tuple] = (), **generate_kwargs) -> dict:
+    """Caption each media item (optionally after k demonstration (media, caption) pairs); CIDEr, BLEU-4, exact match."""
+    demo_text = "".join(f"<visual>{caption}<|endofchunk|>" for _, caption in shots)
+    demo_media = [m for m, _ in shots]
+    predictions = generate_texts(
+        model, processor, [demo_text + prompt] * len(media), [demo_media + [m] for m in media], desc="captioning",
+        **generate_kwargs,
+    )
+    scores = {"cider": cider_d(predictions, references)["cider"], "exact_match": exact_match(predictions, references)}
+    scores["bleu4"] = bleu(predictions, references)["bleu4"]
+    return {**scores, "predictions": predictions}
+
+
+def vqa(model, processor, media: Sequence, questions: Sequence[str], answers: Sequence[Sequence[str]],
+        shots: Sequence[tuple] = (), **generate_kwargs) -> dict:
+    """VQA accuracy with the CosMo/OpenFlamingo prompt `<visual>Question:{q} Short answer:{a}<|endofchunk|>`."""
+    demo_text = "".join(f"<visual>Question:{q} Short answer:{a}<|endofchunk|>" for _, q, a in shots)
+    demo_media = [m for m, _, _ in shots]
+    prompts = [f"{demo_text}<visual>Question:{q} Short answer:" for q in questions]
+    predictions = generate_texts(
+        model, processor, prompts, [demo_media + [m] for m in media], desc="vqa", **generate_kwargs
+    )
+    return {"vqa_accuracy": vqa_accuracy(predictions, answers), "predictions": predictions}

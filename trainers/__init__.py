@@ -1,0 +1,1 @@
+"""Trainer subclasses, their arguments, distributed losses and callbacks."""

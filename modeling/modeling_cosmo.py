@@ -366,6 +366,16 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         self.post_init()
         self.model.apply_freezing()
         self.lm_head.requires_grad_(not config.freeze_language_model)
+        self._stop_at_endofchunk()
+
+    def _stop_at_endofchunk(self) -> None:
+        """Generation ends a chunk at `<|endofchunk|>` (the caption/answer terminator) as well as at EOS."""
+        if self.config.endofchunk_token_id is None or self.generation_config is None:
+            return
+        eos = self.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if self.config.endofchunk_token_id not in eos:
+            self.generation_config.eos_token_id = eos + [self.config.endofchunk_token_id]
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

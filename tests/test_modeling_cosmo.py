@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, CLIPVisionModel
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, CosmoModel, trainable_parameters
 from cosmo_vl.modeling.media_masks import media_attention_mask, media_index_from_ids
 
-from tiny_configs import MEDIA_ID, PAD_ID, VOCAB, tiny_cosmo_config
+from tiny_configs import EOC_ID, MEDIA_ID, PAD_ID, VOCAB, tiny_cosmo_config
 
 FAMILIES = ["llama", "opt", "gpt_neox", "mistral", "qwen2"]
 
@@ -223,7 +223,7 @@ def test_generate_with_left_padding_and_beams():
     left[1, :2] = PAD_ID
     attn = torch.ones_like(left)
     attn[1, :2] = 0
-    kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=PAD_ID)
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=PAD_ID)
     batch = model.generate(input_ids=left, pixel_values=px, attention_mask=attn, **kw)
     solo = model.generate(input_ids=ids[1:, :4], pixel_values=px[1:], attention_mask=torch.ones_like(ids[1:, :4]), **kw)
     assert torch.equal(batch[1, -4:], solo[0, -4:])
@@ -289,6 +289,11 @@ def test_video_frames_and_padded_frames():
     assert not torch.allclose(model.get_image_features(swapped, frame_mask=fm), model.get_image_features(px, frame_mask=fm))
     with pytest.raises(ValueError, match="max_num_frames"):
         model.get_image_features(torch.randn(1, 1, 5, 3, 16, 16))
+
+
+def test_generation_stops_at_endofchunk():
+    model = CosmoForConditionalGeneration(tiny_cosmo_config())
+    assert EOC_ID in model.generation_config.eos_token_id and 2 in model.generation_config.eos_token_id
 
 
 def test_config_validation_messages():

@@ -5,6 +5,7 @@ from transformers import (
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
+    AutoModelForZeroShotImageClassification,
     AutoProcessor,
 )
 
@@ -16,12 +17,13 @@ def register_all() -> None:
     global _done
     if _done:
         return
-    from .modeling import CosmoConfig, CosmoForConditionalGeneration, CosmoModel
+    from .modeling import CosmoConfig, CosmoForConditionalGeneration, CosmoForZeroShotImageClassification, CosmoModel
 
     AutoConfig.register("cosmo", CosmoConfig, exist_ok=True)
     AutoModel.register(CosmoConfig, CosmoModel, exist_ok=True)
     AutoModelForImageTextToText.register(CosmoConfig, CosmoForConditionalGeneration, exist_ok=True)
     AutoModelForCausalLM.register(CosmoConfig, CosmoForConditionalGeneration, exist_ok=True)
+    AutoModelForZeroShotImageClassification.register(CosmoConfig, CosmoForZeroShotImageClassification, exist_ok=True)
     from .processing import CosmoProcessor
 
     AutoProcessor.register(CosmoConfig, CosmoProcessor, exist_ok=True)

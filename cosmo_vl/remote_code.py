@@ -9,6 +9,7 @@ AUTO_MAPS = {
         "AutoModel": "modeling_cosmo.CosmoModel",
         "AutoModelForImageTextToText": "modeling_cosmo.CosmoForConditionalGeneration",
         "AutoModelForCausalLM": "modeling_cosmo.CosmoForConditionalGeneration",
+        "AutoModelForZeroShotImageClassification": "modeling_cosmo.CosmoForZeroShotImageClassification",
     },
 }
 

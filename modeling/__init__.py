@@ -3,6 +3,7 @@
 from .configuration_cosmo import CosmoConfig
 from .modeling_cosmo import (
     CosmoForConditionalGeneration,
+    CosmoForZeroShotImageClassification,
     CosmoModel,
     CosmoModelOutput,
     CosmoOutput,
@@ -14,6 +15,7 @@ from .modeling_cosmo import (
 __all__ = [
     "CosmoConfig",
     "CosmoForConditionalGeneration",
+    "CosmoForZeroShotImageClassification",
     "CosmoModel",
     "CosmoModelOutput",
     "CosmoOutput",

@@ -34,9 +34,14 @@ class CosmoVisualCache:
 
 @dataclass
 class CosmoModelOutput(ModelOutput):
-    """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed."""
+    """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed.
+
+    Called with media only (no text), `last_hidden_state` holds the resampled latents (B, M*(L+1), Dv) and
+    `pooler_output` the image embeddings, so the model serves as an image feature extractor.
+    """
 
     last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
     past_key_values: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
@@ -261,6 +266,14 @@ class CosmoModel(CosmoPreTrainedModel):
             pass
         return self._text_embeds(context.split_hidden, attention_mask)
 
+    def _media_only_output(self, visual: CosmoVisualCache) -> CosmoModelOutput:
+        latents = torch.cat([visual.latents, visual.contrastive_latents[:, :, None]], dim=2)  # (B, M, L+1, Dv)
+        image_embeds = self._image_embeds(visual)
+        return CosmoModelOutput(
+            last_hidden_state=latents.flatten(1, 2), pooler_output=image_embeds, image_embeds=image_embeds,
+            visual_cache=visual,
+        )
+
     # ---------------------------------------------------------------------------------------------- forward
     def _check_media_tokens(self, input_ids: torch.Tensor, media_mask: torch.Tensor) -> None:
         tokens = (input_ids == self.config.media_token_id).sum(-1)
@@ -294,6 +307,10 @@ class CosmoModel(CosmoPreTrainedModel):
         media_index: (B, T) latest media index per token (computed from `input_ids` when not given).
         return_loss: compute the contrastive loss (needs exactly one media item per sample).
         """
+        if input_ids is None and inputs_embeds is None:
+            if pixel_values is None:
+                raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
+            return self._media_only_output(self.encode_media(pixel_values, media_mask, frame_mask))
         if visual_cache is None and pixel_values is not None:
             visual_cache = self.encode_media(pixel_values, media_mask, frame_mask)
             if input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
@@ -503,6 +520,70 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         return model_kwargs
 
 
+def contrastive_text_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> tuple:
+    """Rewrite plain tokenised texts into the training-pair layout `<s><visual>{text}<|endofchunk|></s>`
+    (right padded), so any tokenizer output gives the same text embedding as the training captions.
+    Rows already in that layout are kept as they are."""
+    text = config.text_config
+    bos, eos = text.bos_token_id, text.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) else eos
+    pad = text.pad_token_id if text.pad_token_id is not None else eos
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    rows = []
+    for ids, keep in zip(input_ids.tolist(), mask.tolist()):
+        tokens = [t for t, k in zip(ids, keep) if k]
+        if tokens[:1] == [bos]:
+            tokens = tokens[1:]
+        if tokens[:1] == [config.media_token_id]:
+            tokens = tokens[1:]
+        if tokens[-1:] == [eos]:
+            tokens = tokens[:-1]
+        if tokens[-1:] == [config.endofchunk_token_id]:
+            tokens = tokens[:-1]
+        rows.append([bos, config.media_token_id, *tokens, config.endofchunk_token_id, eos])
+    length = max(len(r) for r in rows)
+    ids = torch.tensor([r + [pad] * (length - len(r)) for r in rows], device=input_ids.device)
+    new_mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows], device=input_ids.device)
+    return ids, new_mask
+
+
+@dataclass
+class CosmoZeroShotOutput(ModelOutput):
+    """CLIP-style outputs: `logits_per_image` (N_images, N_texts) and the normalised embeddings."""
+
+    logits_per_image: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    image_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+
+
+class CosmoForZeroShotImageClassification(CosmoPreTrainedModel):
+    """The contrastive heads of CosMo as a dual encoder: any number of images against any number of texts
+    (what transformers' zero-shot-image-classification pipeline calls). Loads CosMo checkpoints."""
+
+    def __init__(self, config: CosmoConfig):
+        super().__init__(config)
+        self.model = CosmoModel(config)
+        self.post_init()
+
+    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
+        return self.model.get_image_features(pixel_values, media_mask, frame_mask)
+
+    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
+        return self.model.get_text_features(*contrastive_text_ids(input_ids, attention_mask, self.config))
+
+    def forward(self, input_ids=None, pixel_values=None, attention_mask=None, media_mask=None, frame_mask=None,
+                **kwargs) -> CosmoZeroShotOutput:
+        image_embeds = None if pixel_values is None else self.get_image_features(pixel_values, media_mask, frame_mask)
+        text_embeds = None if input_ids is None else self.get_text_features(input_ids, attention_mask)
+        out = CosmoZeroShotOutput(image_embeds=image_embeds, text_embeds=text_embeds)
+        if image_embeds is not None and text_embeds is not None:
+            out.logits_per_image, out.logits_per_text = contrastive_logits(
+                image_embeds, text_embeds, self.model.logit_scale()
+            )
+        return out
+
+
 def trainable_parameters(model: nn.Module) -> tuple[int, int, float]:
     """(trainable, total, trainable / total) parameter counts; works on meta-device models."""
     seen, trainable, total = set(), 0, 0
@@ -521,6 +602,8 @@ __all__ = [
     "CosmoModelOutput",
     "CosmoOutput",
     "CosmoPreTrainedModel",
+    "CosmoForZeroShotImageClassification",
     "CosmoVisualCache",
+    "CosmoZeroShotOutput",
     "trainable_parameters",
 ]

@@ -44,21 +44,34 @@ def text_embeddings(model, processor, texts: Sequence[str], batch_size: int = 25
 
 
 def zero_shot_classification(
-    model, processor, media: Sequence, labels: Sequence[int], class_names: Sequence[str], template: str = "{}",
+    model, processor, media: Sequence, labels: Sequence[int], class_prompts: Sequence[Sequence[str]] | Sequence[str],
     batch_size: int = 64, progress: bool = True,
 ) -> dict:
-    """Top-1 accuracy of nearest class prompt (`template.format(name)`) in the contrastive space."""
+    """Top-1 accuracy of the nearest class in the contrastive space. Each class is a list of prompts whose
+    normalised embeddings are averaged into one prototype (CLIP's prompt ensembling), or a single prompt."""
     image = image_embeddings(model, processor, media, batch_size, progress)
-    text = text_embeddings(model, processor, [template.format(c) for c in class_names], progress=progress)
-    return {"zero_shot_top1": top1_accuracy(image @ text.t(), labels), "num_classes": len(class_names)}
+    prompts = [[c] if isinstance(c, str) else list(c) for c in class_prompts]
+    flat = [p for group in prompts for p in group]
+    text = text_embeddings(model, processor, flat, progress=progress)
+    prototypes, start = [], 0
+    for group in prompts:
+        prototypes.append(torch.nn.functional.normalize(text[start : start + len(group)].mean(0), dim=-1))
+        start += len(group)
+    logits = image @ torch.stack(prototypes).t()
+    return {"zero_shot_top1": top1_accuracy(logits, labels), "num_classes": len(prompts)}
 
 
-def retrieval(model, processor, media: Sequence, texts: Sequence[str], text_to_image: Sequence[int],
-              batch_size: int = 64, progress: bool = True) -> dict:
-    """Image<->text recall@1/5/10 and median ranks."""
+def retrieval(model, processor, media: Sequence, texts: Sequence[str], text_to_image: Sequence[int] | None = None,
+              image_to_text: Sequence[int] | None = None, batch_size: int = 64, progress: bool = True) -> dict:
+    """Image<->text recall@1/5/10 and median ranks. Give `text_to_image` (text j describes image i) or
+    `image_to_text` (image i's caption is text j; several images may share one text)."""
     image = image_embeddings(model, processor, media, batch_size, progress)
     text = text_embeddings(model, processor, texts, progress=progress)
-    return retrieval_metrics(image @ text.t(), text_to_image)
+    positives = None
+    if image_to_text is not None:
+        positives = torch.zeros(len(media), len(texts), dtype=torch.bool)
+        positives[torch.arange(len(media)), torch.as_tensor(image_to_text)] = True
+    return retrieval_metrics(image @ text.t(), text_to_image, positives=positives)
 
 
 @torch.no_grad()

@@ -128,20 +128,29 @@ def vqa_accuracy(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -
 
 
 # ------------------------------------------------------------------------------------ retrieval, classification
-def retrieval_metrics(similarity: torch.Tensor, text_to_image: Sequence[int], ks=(1, 5, 10)) -> dict:
-    """similarity: (N_images, N_texts); text_to_image[j] = index of the image that text j describes.
+def retrieval_metrics(similarity: torch.Tensor, text_to_image: Sequence[int] | None = None,
+                      positives: torch.Tensor | None = None, ks=(1, 5, 10)) -> dict:
+    """similarity: (N_images, N_texts). Positives are given by `text_to_image[j]` (the image text j describes)
+    or by a bool matrix `positives` (N_images, N_texts) when several images share a text.
 
-    Returns image->text and text->image recall@k (an image hits if any of its texts is in its top k) and the
-    median rank (1-based) of the first correct item.
+    Returns image->text and text->image recall@k (a query hits if any positive is in its top k) and the median
+    rank (1-based) of the first positive.
     """
     sim = similarity.float().cpu()
-    t2i = torch.as_tensor(text_to_image)
     n_img, n_txt = sim.shape
-    gt = t2i[None, :] == torch.arange(n_img)[:, None]  # (N_img, N_txt) positives
-    order_i2t = sim.argsort(dim=1, descending=True)
-    rank_i2t = gt.gather(1, order_i2t).float().argmax(dim=1) + 1  # first positive's rank per image
-    order_t2i = sim.t().argsort(dim=1, descending=True)  # (N_txt, N_img)
-    rank_t2i = (order_t2i == t2i[:, None]).float().argmax(dim=1) + 1
+    if positives is None:
+        t2i = torch.as_tensor(text_to_image)
+        positives = t2i[None, :] == torch.arange(n_img)[:, None]
+    positives = positives.bool().cpu()
+    if not positives.any(1).all() or not positives.any(0).all():
+        raise ValueError("every image and every text needs at least one positive for retrieval metrics")
+
+    def first_hit_rank(scores: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        order = scores.argsort(dim=1, descending=True)
+        return pos.gather(1, order).float().argmax(dim=1) + 1
+
+    rank_i2t = first_hit_rank(sim, positives)
+    rank_t2i = first_hit_rank(sim.t(), positives.t())
     out = {}
     for k in ks:
         out[f"i2t_r{k}"] = float((rank_i2t <= k).float().mean())

@@ -1,1 +1,24 @@
 """Trainer subclasses, their arguments, distributed losses and callbacks."""
+
+from .callbacks import AttributeScheduleCallback, LossWeightWarmupCallback, MomentumScheduleCallback, schedule_value
+from .cosmo_config import CosmoTrainingArguments
+from .cosmo_trainer import CosmoTrainer, batch_type
+from .losses import distributed_contrastive_loss, gather_with_grad
+from .vl_config import VLTrainingArguments
+from .vl_trainer import LOSS_KINDS, VLTrainer, register_loss_component
+
+__all__ = [
+    "LOSS_KINDS",
+    "AttributeScheduleCallback",
+    "CosmoTrainer",
+    "CosmoTrainingArguments",
+    "LossWeightWarmupCallback",
+    "MomentumScheduleCallback",
+    "VLTrainer",
+    "VLTrainingArguments",
+    "batch_type",
+    "distributed_contrastive_loss",
+    "gather_with_grad",
+    "register_loss_component",
+    "schedule_value",
+]

@@ -1,0 +1,200 @@
+"""Pretrain a CosMo model, evaluate it on held-out data, and save a Hub-ready folder.
+
+    accelerate launch examples/pretrain.py                       # cosmo-tiny on the embedded generated data
+    accelerate launch examples/pretrain.py --dataset path/to/imagefolder --image_column image --text_column text
+    accelerate launch --num_processes 2 --cpu examples/pretrain.py --max_steps 200   # DDP (gloo)
+    accelerate launch examples/pretrain.py --vision_model openai/clip-vit-large-patch14 --text_model facebook/opt-iml-1.3b
+
+Every TrainingArguments option is accepted (`--learning_rate`, `--resume_from_checkpoint`, `--bf16`, ...).
+"""
+
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, set_seed
+
+import cosmo_vl
+from cosmo_vl import evaluation
+from cosmo_vl.hub_cards import build_model_card
+from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
+from cosmo_vl.presets import get_config, get_processor, list_presets
+from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, load_any, zero_shot_prompts
+from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments
+
+logger = logging.getLogger("pretrain")
+
+
+@dataclass
+class ScriptArguments:
+    model_type: str = field(default="cosmo", metadata={"help": "Architecture: cosmo."})
+    config: str = field(default="cosmo-tiny", metadata={"help": f"Preset ({', '.join(list_presets())}) or config path."})
+    vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision tower (path or Hub id)."})
+    text_model: str | None = field(default=None, metadata={"help": "Pretrained causal LM (path or Hub id)."})
+    processor: str | None = field(default=None, metadata={"help": "Processor folder (default: the preset's)."})
+    dataset: str = field(default="shapes-captions", metadata={"help": "Embedded dataset name or a local path."})
+    eval_dataset: str | None = field(default=None, metadata={"help": "Held-out data (default: the test split)."})
+    image_column: str = field(default="image", metadata={"help": "Image column of --dataset."})
+    text_column: str = field(default="text", metadata={"help": "Caption column of --dataset."})
+    max_eval_samples: int = field(default=500, metadata={"help": "Held-out samples used by the final evaluation."})
+    max_length: int = field(default=64, metadata={"help": "Longest token sequence; longer samples are truncated."})
+    final_dir: str | None = field(default=None, metadata={"help": "Hub-ready folder (default: OUTPUT_DIR/final)."})
+    repo_id: str = field(default="cosmo-vl/cosmo-tiny-shapes", metadata={"help": "Repository id written in the card."})
+
+
+# Defaults of the no-argument run: cosmo-tiny from scratch on the embedded data, about 10 minutes on 2 CPU cores.
+DEFAULTS = dict(
+    output_dir="outputs/cosmo-tiny",
+    max_steps=1500,
+    per_device_train_batch_size=32,
+    learning_rate=2e-3,
+    warmup_steps=100,
+    lr_scheduler_type="cosine",
+    weight_decay=0.01,
+    max_grad_norm=1.0,
+    logging_steps=25,
+    save_strategy="steps",
+    save_steps=250,
+    save_total_limit=2,
+    report_to=["tensorboard"],
+    dataloader_num_workers=0,
+    seed=0,
+    remove_unused_columns=False,
+)
+
+
+def build_model(args: ScriptArguments) -> CosmoForConditionalGeneration:
+    if args.model_type != "cosmo":
+        raise ValueError(f"--model_type {args.model_type!r} is not available; use 'cosmo'.")
+    if args.vision_model or args.text_model:
+        if not (args.vision_model and args.text_model):
+            raise ValueError("Pass both --vision_model and --text_model to start from pretrained towers.")
+        return CosmoForConditionalGeneration.from_backbones(vision=args.vision_model, text=args.text_model)
+    config = get_config(args.config) if args.config in list_presets() else CosmoConfig.from_pretrained(args.config)
+    return CosmoForConditionalGeneration(config)
+
+
+def build_processor(args: ScriptArguments, model):
+    if args.processor:
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(args.processor)
+    processor = get_processor(args.config if args.config in list_presets() else "cosmo-tiny")
+    if args.text_model:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.text_model)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<visual>", "<|endofchunk|>"]})
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        processor.tokenizer = tokenizer
+        model.resize_token_embeddings(len(tokenizer))
+        model.config.media_token_id = processor.media_token_id
+        model.config.endofchunk_token_id = processor.endofchunk_token_id
+    return processor
+
+
+def evaluate_split(model, processor, data, args: ScriptArguments) -> dict:
+    """Zero-shot classification, image<->text retrieval and captioning on one held-out split."""
+    data = data.select(range(min(len(data), args.max_eval_samples)))
+    images, captions = data[args.image_column], data[args.text_column]
+    results: dict = {"num_samples": len(data)}
+    prompts = zero_shot_prompts(args.dataset) if args.dataset in EMBEDDED_DATASETS else None
+    if prompts and "label" in data.column_names:
+        results.update(evaluation.zero_shot_classification(model, processor, images, data["label"], prompts))
+    # Retrieval over the distinct captions: an image's positive is its own caption text.
+    unique = sorted(set(captions))
+    index = {c: j for j, c in enumerate(unique)}
+    results.update(evaluation.retrieval(model, processor, images, unique, text_to_image=None,
+                                        image_to_text=[index[c] for c in captions]))
+    caption = evaluation.captioning(model, processor, images, [[c] for c in captions])
+    results.update({k: v for k, v in caption.items() if k != "predictions"})
+    results["examples"] = [{"reference": r, "prediction": p} for r, p in zip(captions[:8], caption["predictions"][:8])]
+    return results
+
+
+def save_hub_folder(model, processor, results: dict, args: ScriptArguments, training_args) -> Path:
+    final_dir = Path(args.final_dir or Path(training_args.output_dir) / "final")
+    cosmo_vl.enable_remote_code(model, processor)
+    model.save_pretrained(final_dir)
+    processor.save_pretrained(final_dir)
+    hyper = {
+        "learning_rate": training_args.learning_rate,
+        "max_steps": training_args.max_steps,
+        "per_device_train_batch_size": training_args.per_device_train_batch_size,
+        "scheduler": str(training_args.lr_scheduler_type),
+        "warmup_steps": training_args.warmup_steps,
+        "weight_decay": training_args.weight_decay,
+        "seed": training_args.seed,
+    }
+    card = build_model_card(
+        model, args.repo_id, eval_results=results, dataset_name=args.dataset, datasets=[args.dataset],
+        hyperparameters=hyper,
+    )
+    card.save(final_dir / "README.md")
+    (final_dir / "eval_results.json").write_text(json.dumps(results, indent=2))
+    return final_dir
+
+
+def main(argv=None):
+    parser = HfArgumentParser((ScriptArguments, CosmoTrainingArguments))
+    parser.set_defaults(**DEFAULTS)
+    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    set_seed(training_args.seed)
+
+    model = build_model(args)
+    processor = build_processor(args, model)
+    trainable, total, fraction = trainable_parameters(model)
+    logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
+
+    data = load_any(args.dataset, image_column=args.image_column, text_column=args.text_column)
+    train_data = data["train"]
+    eval_splits = {}
+    if args.eval_dataset:
+        eval_all = load_any(args.eval_dataset, image_column=args.image_column, text_column=args.text_column)
+        eval_splits["eval"] = eval_all["test"] if "test" in eval_all else eval_all["train"]
+    elif "test" in data:
+        # Embedded corpora: `test` holds unseen colour x shape combinations, `test_iid` unseen scenes of seen ones.
+        eval_splits = {name: data[name] for name in ("test", "test_iid") if name in data}
+    else:
+        split = train_data.train_test_split(test_size=min(0.1, args.max_eval_samples / max(1, len(train_data))), seed=0)
+        train_data, eval_splits["eval"] = split["train"], split["test"]
+    if args.image_column != "image" or args.text_column != "text":
+        args.image_column, args.text_column = "image", "text"  # load_any renamed them
+
+    collator = VLCollator(
+        processor, image_column=args.image_column, text_column=args.text_column, max_length=args.max_length,
+        truncation=True, on_error="skip",
+    )
+    trainer = CosmoTrainer(
+        model=model, args=training_args, train_dataset=train_data, data_collator=collator,
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+
+    if trainer.is_world_process_zero():
+        model.eval()
+        results = {"train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}
+        for name, split in eval_splits.items():
+            split_results = evaluate_split(model, processor, split, args)
+            results.update({f"{name}/{k}": v for k, v in split_results.items()})
+        primary = next(iter(eval_splits))
+        results.update({k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(primary + "/")})
+        results["skipped_samples"] = dict(collator.stats.counts)
+        out = Path(training_args.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_results.json").write_text(json.dumps(results, indent=2))
+        final_dir = save_hub_folder(model, processor, results, args, training_args)
+        print(json.dumps({k: v for k, v in results.items() if not isinstance(v, (list, dict))}, indent=2))
+        print(f"Hub-ready folder: {final_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

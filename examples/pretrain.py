@@ -24,7 +24,7 @@ from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
 from cosmo_vl.presets import get_config, get_processor, list_presets
 from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, load_any, zero_shot_prompts
-from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments
+from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
 
 logger = logging.getLogger("pretrain")
 
@@ -41,6 +41,8 @@ class ScriptArguments:
     image_column: str = field(default="image", metadata={"help": "Image column of --dataset."})
     text_column: str = field(default="text", metadata={"help": "Caption column of --dataset."})
     max_eval_samples: int = field(default=500, metadata={"help": "Held-out samples used by the final evaluation."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    final_evaluation: bool = field(default=True, metadata={"help": "Evaluate and write the Hub folder at the end."})
     max_length: int = field(default=64, metadata={"help": "Longest token sequence; longer samples are truncated."})
     final_dir: str | None = field(default=None, metadata={"help": "Hub-ready folder (default: OUTPUT_DIR/final)."})
     repo_id: str = field(default="cosmo-vl/cosmo-tiny-shapes", metadata={"help": "Repository id written in the card."})
@@ -154,6 +156,8 @@ def main(argv=None):
 
     data = load_any(args.dataset, image_column=args.image_column, text_column=args.text_column)
     train_data = data["train"]
+    if args.max_train_samples:
+        train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
     eval_splits = {}
     if args.eval_dataset:
         eval_all = load_any(args.eval_dataset, image_column=args.image_column, text_column=args.text_column)
@@ -175,9 +179,9 @@ def main(argv=None):
         model=model, args=training_args, train_dataset=train_data, data_collator=collator,
         processing_class=processor,
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
 
-    if trainer.is_world_process_zero():
+    if trainer.is_world_process_zero() and args.final_evaluation:
         model.eval()
         results = {"train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}
         for name, split in eval_splits.items():

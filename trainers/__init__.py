@@ -1,6 +1,7 @@
 """Trainer subclasses, their arguments, distributed losses and callbacks."""
 
 from .callbacks import AttributeScheduleCallback, LossWeightWarmupCallback, MomentumScheduleCallback, schedule_value
+from .checkpoints import last_complete_checkpoint, resolve_resume
 from .cosmo_config import CosmoTrainingArguments
 from .cosmo_trainer import CosmoTrainer, batch_type
 from .losses import distributed_contrastive_loss, gather_with_grad
@@ -19,6 +20,8 @@ __all__ = [
     "batch_type",
     "distributed_contrastive_loss",
     "gather_with_grad",
+    "last_complete_checkpoint",
+    "resolve_resume",
     "register_loss_component",
     "schedule_value",
 ]

@@ -45,19 +45,27 @@ def text_embeddings(model, processor, texts: Sequence[str], batch_size: int = 25
 
 def zero_shot_classification(
     model, processor, media: Sequence, labels: Sequence[int], class_prompts: Sequence[Sequence[str]] | Sequence[str],
-    batch_size: int = 64, progress: bool = True,
+    reduce: str = "mean", batch_size: int = 64, progress: bool = True,
 ) -> dict:
-    """Top-1 accuracy of the nearest class in the contrastive space. Each class is a list of prompts whose
-    normalised embeddings are averaged into one prototype (CLIP's prompt ensembling), or a single prompt."""
+    """Top-1 accuracy of the nearest class in the contrastive space. Each class is one prompt or a list of
+    prompts: `reduce="mean"` averages their normalised embeddings into one prototype (CLIP's prompt
+    ensembling); `reduce="max"` scores a class by its best-matching prompt (for prompts that spell out
+    nuisance attributes, e.g. every background a class can appear on)."""
     image = image_embeddings(model, processor, media, batch_size, progress)
     prompts = [[c] if isinstance(c, str) else list(c) for c in class_prompts]
     flat = [p for group in prompts for p in group]
     text = text_embeddings(model, processor, flat, progress=progress)
-    prototypes, start = [], 0
+    if reduce not in ("mean", "max"):
+        raise ValueError(f"reduce must be 'mean' or 'max', got {reduce!r}")
+    scores, start = [], 0
     for group in prompts:
-        prototypes.append(torch.nn.functional.normalize(text[start : start + len(group)].mean(0), dim=-1))
+        emb = text[start : start + len(group)]  # (P, D)
         start += len(group)
-    logits = image @ torch.stack(prototypes).t()
+        if reduce == "mean":
+            scores.append(image @ torch.nn.functional.normalize(emb.mean(0), dim=-1))
+        else:
+            scores.append((image @ emb.t()).max(dim=-1).values)
+    logits = torch.stack(scores, dim=-1)  # (N, C)
     return {"zero_shot_top1": top1_accuracy(logits, labels), "num_classes": len(prompts)}
 
 

@@ -51,16 +51,16 @@ class ScriptArguments:
 # Defaults of the no-argument run: cosmo-tiny from scratch on the embedded data, about 10 minutes on 2 CPU cores.
 DEFAULTS = dict(
     output_dir="outputs/cosmo-tiny",
-    max_steps=1500,
+    max_steps=4500,
     per_device_train_batch_size=32,
-    learning_rate=2e-3,
-    warmup_steps=100,
+    learning_rate=1e-3,
+    warmup_steps=150,
     lr_scheduler_type="cosine",
     weight_decay=0.01,
     max_grad_norm=1.0,
     logging_steps=25,
     save_strategy="steps",
-    save_steps=250,
+    save_steps=500,
     save_total_limit=2,
     report_to=["tensorboard"],
     dataloader_num_workers=0,
@@ -107,7 +107,8 @@ def evaluate_split(model, processor, data, args: ScriptArguments) -> dict:
     results: dict = {"num_samples": len(data)}
     prompts = zero_shot_prompts(args.dataset) if args.dataset in EMBEDDED_DATASETS else None
     if prompts and "label" in data.column_names:
-        results.update(evaluation.zero_shot_classification(model, processor, images, data["label"], prompts))
+        # Class prompts spell out every size/position/count/background; a class scores by its best prompt.
+        results.update(evaluation.zero_shot_classification(model, processor, images, data["label"], prompts, reduce="max"))
     # Retrieval over the distinct captions: an image's positive is its own caption text.
     unique = sorted(set(captions))
     index = {c: j for j, c in enumerate(unique)}

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from transformers import CLIPVisionConfig, GPTNeoXConfig, LlamaConfig, MistralConfig, OPTConfig
 
-from .modeling import CosmoConfig
+from .modeling import CosmoConfig, SimVlgConfig
 from .processing import CosmoProcessor, load_default_processor, load_default_tokenizer
 
 def _vit_l14() -> CLIPVisionConfig:
@@ -71,6 +71,27 @@ def _cosmo_tiny() -> CosmoConfig:
         logit_scale_init_value=math.log(1 / 0.07),
         media_token_id=ids["media_token_id"],
         endofchunk_token_id=ids["endofchunk_token_id"],
+        freeze_vision_tower=False,
+        freeze_language_model=False,
+    )
+
+
+def _simvlg_tiny() -> SimVlgConfig:
+    """SimVLG on the tiny towers of `cosmo-tiny`: 17 vision tokens -> 2-layer connector merging 3 per layer -> 11."""
+    cosmo = _cosmo_tiny()
+    return SimVlgConfig(
+        vision_config=cosmo.vision_config,
+        text_config=cosmo.text_config,
+        connector_hidden_size=64,
+        connector_num_layers=2,
+        connector_num_heads=4,
+        connector_intermediate_size=128,
+        merge_r=3,
+        temporal_merging=True,
+        temporal_qk_dim=32,
+        temporal_num_heads=4,
+        media_token_id=cosmo.media_token_id,
+        endofchunk_token_id=cosmo.endofchunk_token_id,
         freeze_vision_tower=False,
         freeze_language_model=False,
     )
@@ -134,13 +155,47 @@ def _cosmo_8b() -> CosmoConfig:
     return _released(text, unimodal_depth=16, interval=4)
 
 
+def _pformer_tiny():
+    """P-Former with the embedded tokenizer: a tiny BERT encoder and a tiny Llama LM (8 prompts)."""
+    from transformers import BertConfig
+
+    from .modeling import PFormerConfig
+
+    ids = _special_token_ids()
+    encoder = BertConfig(
+        vocab_size=ids["vocab_size"],
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=128,
+        pad_token_id=ids["pad_token_id"],
+    )
+    text = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=192,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=ids["vocab_size"],
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        pad_token_id=ids["pad_token_id"],
+        bos_token_id=ids["bos_token_id"],
+        eos_token_id=ids["eos_token_id"],
+    )
+    return PFormerConfig(encoder_config=encoder, text_config=text, num_prompts=8, contrastive_dim=64)
+
+
 _CONFIGS: dict[str, Callable] = {
     "cosmo-tiny": _cosmo_tiny,
     "cosmo-2b": _cosmo_2b,
     "cosmo-3b": _cosmo_3b,
     "cosmo-8b": _cosmo_8b,
+    "pformer-tiny": _pformer_tiny,
+    "simvlg-tiny": _simvlg_tiny,
 }
-_IMAGE_SIZES = {"cosmo-tiny": 32}
+_IMAGE_SIZES = {"simvlg-tiny": 32, "cosmo-tiny": 32}
 
 
 def register_preset(name: str, config_fn: Callable, image_size: int = 224) -> None:

@@ -27,4 +27,16 @@ def register_all() -> None:
     from .processing import CosmoProcessor
 
     AutoProcessor.register(CosmoConfig, CosmoProcessor, exist_ok=True)
+
+    from .modeling import SimVlgConfig, SimVlgForConditionalGeneration, SimVlgModel
+
+    AutoConfig.register("simvlg", SimVlgConfig, exist_ok=True)
+    AutoModel.register(SimVlgConfig, SimVlgModel, exist_ok=True)
+    AutoModelForImageTextToText.register(SimVlgConfig, SimVlgForConditionalGeneration, exist_ok=True)
+    AutoModelForCausalLM.register(SimVlgConfig, SimVlgForConditionalGeneration, exist_ok=True)
+    AutoProcessor.register(SimVlgConfig, CosmoProcessor, exist_ok=True)
+    from .modeling import PFormerConfig, PFormerModel
+
+    AutoConfig.register("pformer", PFormerConfig, exist_ok=True)
+    AutoModel.register(PFormerConfig, PFormerModel, exist_ok=True)
     _done = True

@@ -11,6 +11,16 @@ AUTO_MAPS = {
         "AutoModelForCausalLM": "modeling_cosmo.CosmoForConditionalGeneration",
         "AutoModelForZeroShotImageClassification": "modeling_cosmo.CosmoForZeroShotImageClassification",
     },
+    "simvlg": {
+        "AutoConfig": "configuration_simvlg.SimVlgConfig",
+        "AutoModel": "modeling_simvlg.SimVlgModel",
+        "AutoModelForImageTextToText": "modeling_simvlg.SimVlgForConditionalGeneration",
+        "AutoModelForCausalLM": "modeling_simvlg.SimVlgForConditionalGeneration",
+    },
+    "pformer": {
+        "AutoConfig": "configuration_pformer.PFormerConfig",
+        "AutoModel": "modeling_pformer.PFormerModel",
+    },
 }
 
 

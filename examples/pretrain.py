@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import HfArgumentParser, set_seed
 
 import cosmo_vl
@@ -108,7 +107,9 @@ def evaluate_split(model, processor, data, args: ScriptArguments) -> dict:
     prompts = zero_shot_prompts(args.dataset) if args.dataset in EMBEDDED_DATASETS else None
     if prompts and "label" in data.column_names:
         # Class prompts spell out every size/position/count/background; a class scores by its best prompt.
-        results.update(evaluation.zero_shot_classification(model, processor, images, data["label"], prompts, reduce="max"))
+        keep = [i for i, label in enumerate(data["label"]) if label is not None and label >= 0]
+        results.update(evaluation.zero_shot_classification(
+            model, processor, [images[i] for i in keep], [data["label"][i] for i in keep], prompts, reduce="max"))
     # Retrieval over the distinct captions: an image's positive is its own caption text.
     unique = sorted(set(captions))
     index = {c: j for j, c in enumerate(unique)}

@@ -11,6 +11,8 @@ from .modeling_cosmo import (
     CosmoVisualCache,
     trainable_parameters,
 )
+from .configuration_pformer import PFormerConfig
+from .modeling_pformer import PFormerModel, PFormerOutput, PFormerPreTrainedModel
 
 __all__ = [
     "CosmoConfig",
@@ -21,5 +23,37 @@ __all__ = [
     "CosmoOutput",
     "CosmoPreTrainedModel",
     "CosmoVisualCache",
+    "PFormerConfig",
+    "PFormerModel",
+    "PFormerOutput",
+    "PFormerPreTrainedModel",
     "trainable_parameters",
+]
+
+from .configuration_simvlg import SimVlgConfig
+from .modeling_simvlg import (
+    SimVlgForConditionalGeneration,
+    SimVlgModel,
+    SimVlgModelOutput,
+    SimVlgOutput,
+    SimVlgPreTrainedModel,
+    SimVlgVisualTokens,
+)
+from .temporal_merging import TemporalAttention, TemporalTokenMerging
+from .token_merging import MergeSchedule, apply_token_merging, remove_token_merging, token_merge_state
+
+__all__ += [
+    "MergeSchedule",
+    "SimVlgConfig",
+    "SimVlgForConditionalGeneration",
+    "SimVlgModel",
+    "SimVlgModelOutput",
+    "SimVlgOutput",
+    "SimVlgPreTrainedModel",
+    "SimVlgVisualTokens",
+    "TemporalAttention",
+    "TemporalTokenMerging",
+    "apply_token_merging",
+    "remove_token_merging",
+    "token_merge_state",
 ]

@@ -1,11 +1,27 @@
 """Processing for cosmo-vl models: the shipped tokenizer, :class:`CosmoProcessor` and prompt builders."""
 
-from .collators import SampleError, SkipStats, VLCollator, obelics_to_text
-from .embedded import EMBEDDED_DATASETS, load_embedded_dataset, zero_shot_classes, zero_shot_prompts
+from .collators import SampleError, SkipStats, VLCollator
 from .images import ImageLoadingError, load_image
-from .loaders import detect_format, load_any, load_image_text, load_video_text
+from .loaders import detect_format, load_any, load_image_text, load_interleaved, load_interleaved_video, load_video_text
 from .processing_cosmo import IGNORE_INDEX, CosmoProcessor
-from .video import SkipCounter, VideoDecodingError, read_video, read_video_or_none, sample_indices
+from .synthetic import (
+    EMBEDDED_DATASETS,
+    flatten_interleaved,
+    held_out_combinations,
+    interleaved_to_text,
+    load_embedded_dataset,
+    zero_shot_classes,
+    zero_shot_prompts,
+)
+from .video import (
+    SkipCounter,
+    VideoDecodingError,
+    read_video,
+    read_video_or_none,
+    resize_frames,
+    sample_indices,
+    write_video,
+)
 from .prompts import PromptWithMedia, caption_prompt, messages_to_prompt, vqa_prompt
 from .tokenization import (
     BOS_TOKEN,
@@ -35,7 +51,13 @@ __all__ = [
     "load_image",
     "load_image_text",
     "load_video_text",
-    "obelics_to_text",
+    "flatten_interleaved",
+    "held_out_combinations",
+    "interleaved_to_text",
+    "load_interleaved",
+    "load_interleaved_video",
+    "resize_frames",
+    "write_video",
     "read_video",
     "read_video_or_none",
     "sample_indices",

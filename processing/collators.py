@@ -9,11 +9,11 @@ batch is kept.
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from .images import ImageLoadingError, load_image
+from .synthetic import interleaved_to_text
 from .video import VideoDecodingError, read_video
 
 logger = logging.getLogger(__name__)
@@ -36,18 +36,6 @@ class SkipStats:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
-
-
-def obelics_to_text(images: Sequence, texts: Sequence, media_token: str, endofchunk: str) -> tuple[str, list]:
-    """Aligned OBELICS/MMC4 lists (position i holds an image or a text) -> `<visual>text<|endofchunk|>` chunks."""
-    parts, media = [], []
-    for image, text in zip(images, texts):
-        if image is not None:
-            media.append(image)
-            parts.append(media_token)
-        elif text:
-            parts.append(text.strip() + endofchunk if media else text.strip() + " ")
-    return "".join(parts), media
 
 
 @dataclass
@@ -87,7 +75,7 @@ class VLCollator:
         """(text with placeholders, ordered media) for one example; raises `SampleError` naming the problem."""
         try:
             if self.texts_column in example and self.images_column in example and example.get(self.text_column) is None:
-                text, media = obelics_to_text(
+                text, media = interleaved_to_text(
                     example[self.images_column], example[self.texts_column],
                     self.processor.media_token, self.processor.endofchunk_token,
                 )

@@ -1,90 +1,315 @@
-"""Load user data in the layouts the field uses, all through `datasets`, into one schema.
+"""Load user data in the layouts the field uses, through `datasets`, into the schema of the embedded corpora.
 
-Image-text pairs come out with an `image` and a `text` column; interleaved documents with `images` + `texts`
-(OBELICS/MMC4 aligned lists) or `images` + `text` (placeholders); videos with a `video` path and `text`.
+    load_image_text        -> image, text          imagefolder + metadata.jsonl/csv, parquet, csv/jsonl of image
+                                                   paths, a save_to_disk folder, webdataset shards (xxx.jpg + xxx.txt
+                                                   or xxx.json)
+    load_interleaved       -> images, texts        OBELICS-aligned lists (or MMC4 text_list + image_info), from
+                                                   parquet, jsonl or save_to_disk; flatten=True gives images + text
+    load_video_text        -> video, text          WebVid layout: csv/jsonl/parquet of video paths and captions
+    load_interleaved_video -> videos, texts, text  ordered clips and their captions (Howto-Interlink7M layout)
+    load_any               -> DatasetDict          an embedded corpus by name, or any of the above by its columns
+
+Each loader returns the `split` (default "train") as a `Dataset`, an `IterableDataset` with `streaming=True`, or
+all splits with `split=None`. Relative media paths resolve against the data file's folder (or `media_root`).
 """
 
+import inspect
+import os
 from pathlib import Path
 
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import (
+    DatasetDict,
+    Image,
+    IterableDatasetDict,
+    List,
+    Value,
+    load_dataset,
+    load_from_disk,
+)
 
-from .embedded import EMBEDDED_DATASETS, load_embedded_dataset
+from .synthetic import EMBEDDED_DATASETS, interleaved_to_text, load_embedded_dataset
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+_FILE_FORMATS = {".parquet": "parquet", ".tar": "webdataset", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+# Columns tried, in order, when the default column name is absent.
+_FALLBACKS = {
+    "image": ["image", "jpg", "jpeg", "png", "webp", "img", "image_path", "file_name"],
+    "text": ["text", "caption", "txt", "name", "TEXT", "sentence"],
+    "video": ["video", "video_path", "path", "mp4", "contentUrl"],
+    "videos": ["videos", "clips", "video_paths"],
+    "images": ["images"],
+    "texts": ["texts", "captions"],
+}
+
+
+def detect_format(path: str | os.PathLike) -> str:
+    """Format of a data file or folder: "save_to_disk", "webdataset", "parquet", "imagefolder", "json" or "csv"."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (expected a data file or folder, or an embedded corpus: "
+                                f"{', '.join(EMBEDDED_DATASETS)})")
+    if path.is_file():
+        if path.suffix.lower() in _FILE_FORMATS:
+            return _FILE_FORMATS[path.suffix.lower()]
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r} (expected .parquet, .tar, .csv, .jsonl)")
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return "save_to_disk"
+    suffixes = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
+    if ".tar" in suffixes:
+        return "webdataset"
+    if ".parquet" in suffixes:
+        return "parquet"
+    if any((path / m).exists() for m in ("metadata.jsonl", "metadata.csv")) or suffixes & IMAGE_SUFFIXES:
+        return "imagefolder"
+    for suffix in (".jsonl", ".json", ".csv"):
+        if suffix in suffixes:
+            return _FILE_FORMATS[suffix]
+    raise ValueError(f"{path}: cannot tell the data format (expected metadata.jsonl/csv with images, parquet files, "
+                     "webdataset .tar shards, csv/jsonl files or a save_to_disk folder)")
+
+
+def _load_raw(path, streaming: bool, **load_kwargs):
+    """All splits of the data at `path` as a DatasetDict (IterableDatasetDict when streaming)."""
+    fmt, path = detect_format(path), Path(path)
+    if fmt == "save_to_disk":
+        data = load_from_disk(str(path))
+        data = data if isinstance(data, DatasetDict) else DatasetDict({"train": data})
+        return IterableDatasetDict({k: v.to_iterable_dataset() for k, v in data.items()}) if streaming else data
+    if fmt == "imagefolder":
+        return load_dataset("imagefolder", data_dir=str(path), streaming=streaming, **load_kwargs)
+    suffix = {"webdataset": ".tar", "json": (".jsonl", ".json")}.get(fmt, f".{fmt}")
+    files = [str(path)] if path.is_file() else sorted(
+        str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffix))
+    return load_dataset(fmt, data_files={"train": files}, streaming=streaming, **load_kwargs)
+
+
+def _columns(data) -> list[str]:
+    if data.column_names is not None:
+        return list(data.column_names)
+    first = next(iter(data), None)  # some streamed formats only know their columns once read
+    return list(first) if first is not None else []
+
+
+def _pick(columns: list[str], wanted: str, default: str, path, role: str, required: bool = True) -> str | None:
+    """The column to use for `role`: `wanted` itself, or for the default name the first known alternative."""
+    if wanted in columns:
+        return wanted
+    if wanted == default:
+        for alternative in _FALLBACKS[default]:
+            if alternative in columns:
+                return alternative
+    if required:
+        raise ValueError(f"{path}: no {role} column {wanted!r}; the data has columns {columns}. "
+                         f"Pass {default}_column=<name>.")
+    return None
 
 
 def _rename(data, mapping: dict):
     mapping = {k: v for k, v in mapping.items() if k != v}
-    if not mapping:
+    taken = [v for v in mapping.values() if v in _columns(data) and v not in mapping]
+    if taken:  # the target name exists as another column: keep it under a prefixed name
+        data = data.rename_columns({v: f"original_{v}" for v in taken})
+    return data.rename_columns(mapping) if mapping else data
+
+
+def _root(path, media_root) -> Path:
+    if media_root is not None:
+        return Path(media_root)
+    path = Path(path)
+    return path.parent if path.is_file() else path
+
+
+def _resolve(value, root: Path):
+    if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
+        return str(root / value)
+    return value
+
+
+def _select(data, split: str | None, path):
+    if split is None:
         return data
-    columns = data.column_names if isinstance(data, Dataset) else next(iter(data.values())).column_names
-    missing = [k for k in mapping if columns is not None and k not in columns]
-    if missing:
-        raise ValueError(f"column(s) {missing} not found; the data has {columns}. Pass the right *_column names.")
-    return data.rename_columns(mapping)
+    if split not in data:
+        raise ValueError(f"{path}: no split {split!r}; available: {list(data)}")
+    return data[split]
 
 
-def detect_format(path: str | Path) -> str:
-    """"save_to_disk", "imagefolder", "parquet", "webdataset", "csv" or "json" for a file or folder."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist (expected a dataset folder or file, or an embedded name: "
-                                f"{', '.join(sorted(EMBEDDED_DATASETS))})")
-    if path.is_file():
-        suffix = path.suffix.lower()
-        formats = {".parquet": "parquet", ".tar": "webdataset", ".csv": "csv", ".jsonl": "json", ".json": "json"}
-        if suffix in formats:
-            return formats[suffix]
-        raise ValueError(f"{path}: unsupported file type {suffix!r} (parquet, tar, csv, jsonl)")
-    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
-        return "save_to_disk"
-    names = {p.suffix.lower() for p in path.rglob("*") if p.is_file()}
-    if ".tar" in names:
-        return "webdataset"
-    if ".parquet" in names:
-        return "parquet"
-    if any((path / m).exists() for m in ("metadata.jsonl", "metadata.csv")) or names & {".jpg", ".jpeg", ".png", ".webp"}:
-        return "imagefolder"
-    raise ValueError(f"{path}: cannot tell the dataset format (no metadata.jsonl/csv, parquet, tar shards, "
-                     "or save_to_disk files found)")
+def _per_split(data, function):
+    cls = IterableDatasetDict if isinstance(data, IterableDatasetDict) else DatasetDict
+    return cls({name: function(part) for name, part in data.items()})
 
 
-def _load_path(path: str | Path, streaming: bool):
-    fmt = detect_format(path)
-    path = Path(path)
-    if fmt == "save_to_disk":
-        return load_from_disk(str(path))
-    if fmt == "imagefolder":
-        return load_dataset("imagefolder", data_dir=str(path), streaming=streaming)
-    files = [str(path)] if path.is_file() else sorted(str(p) for p in path.rglob(f"*.{ {'webdataset': 'tar'}.get(fmt, fmt) }"))
-    return load_dataset(fmt, data_files=files, streaming=streaming)
+def _is_string(data, column: str) -> bool:
+    feature = (data.features or {}).get(column)
+    if feature is None:  # unknown features (streamed json): look at a value
+        first = next(iter(data), None)
+        return first is not None and isinstance(first.get(column), str)
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
 
 
-def load_image_text(path: str | Path, image_column: str = "image", text_column: str = "text", streaming: bool = False):
-    """Image-caption pairs from an imagefolder with metadata.jsonl/csv, parquet, a save_to_disk folder or
-    webdataset shards (`xxx.jpg` + `xxx.txt`), renamed to `image` / `text`."""
-    data = _load_path(path, streaming)
-    if detect_format(path) == "webdataset":
-        image_column = image_column if image_column != "image" else "jpg"
-        text_column = text_column if text_column != "text" else "txt"
-    return _rename(data, {image_column: "image", text_column: "text"})
+# --------------------------------------------------------------------------------------------- image-text pairs
+def _image_text(data, path, image_column, text_column, root):
+    columns = _columns(data)
+    image = _pick(columns, image_column, "image", path, "image")
+    text = _pick(columns, text_column, "text", path, "text", required="json" not in columns)
+    if text is None:  # webdataset with xxx.json: the caption is a field of the json
+        data = data.map(lambda ex: {"text": _json_caption(ex["json"], text_column, path)})
+        text = "text"
+    data = _rename(data, {image: "image", text: "text"})
+    if _is_string(data, "image"):  # csv/jsonl of image paths
+        data = data.map(lambda ex: {"image": _resolve(ex["image"], root)}).cast_column("image", Image())
+    return data
 
 
-def load_video_text(path: str | Path, video_column: str = "video", text_column: str = "text"):
-    """WebVid layout: a csv/jsonl of video paths (relative to the file's folder) and captions."""
-    path = Path(path)
-    data = _rename(_load_path(path, streaming=False), {video_column: "video", text_column: "text"})
-    root = path.parent if path.is_file() else path
-
-    def resolve(example):
-        video = Path(example["video"])
-        example["video"] = str(video if video.is_absolute() else root / video)
-        return example
-
-    return data.map(resolve)
+def _json_caption(record, key: str, path) -> str:
+    for candidate in (key, "caption", "text", "TEXT"):
+        if isinstance(record, dict) and record.get(candidate) is not None:
+            return record[candidate]
+    raise ValueError(f"{path}: no caption field {key!r} (or caption/text) in the json record {record!r}")
 
 
-def load_any(name_or_path: str, image_column: str = "image", text_column: str = "text", streaming: bool = False, **kwargs):
-    """An embedded corpus by name, or image-text data at a local path in any supported layout."""
-    if name_or_path in EMBEDDED_DATASETS:
-        return load_embedded_dataset(name_or_path, **kwargs)
-    data = load_image_text(name_or_path, image_column, text_column, streaming)
-    return data if isinstance(data, DatasetDict) or hasattr(data, "keys") else DatasetDict({"train": data})
+def load_image_text(path, image_column: str = "image", text_column: str = "text", split: str | None = "train",
+                    streaming: bool = False, media_root=None, **load_kwargs):
+    """Image-caption pairs -> `image` (datasets Image) + `text`.
+
+    Layouts: imagefolder with metadata.jsonl/csv (`file_name` + caption columns), parquet file(s), csv/jsonl of
+    image paths, a save_to_disk folder, webdataset shards (`000000.tar` holding `xxx.jpg` + `xxx.txt` or
+    `xxx.json` with a caption field). Extra keyword arguments go to `datasets.load_dataset`."""
+    data = _load_raw(path, streaming, **load_kwargs)
+    root = _root(path, media_root)
+    return _select(_per_split(data, lambda d: _image_text(d, path, image_column, text_column, root)), split, path)
+
+
+# ------------------------------------------------------------------------------------------ interleaved documents
+def _mmc4_to_aligned(example, root: Path) -> dict:
+    """MMC4 `text_list` + `image_info` (`image_name`, `matched_text_index`) -> OBELICS-aligned lists, each image
+    placed before its matched sentence."""
+    by_sentence: dict[int, list] = {}
+    for info in example["image_info"] or []:
+        source = info.get("path") or info.get("image_name") or info.get("raw_url")
+        by_sentence.setdefault(int(info.get("matched_text_index", 0)), []).append(_resolve(source, root))
+    images, texts = [], []
+    for i, sentence in enumerate(example["text_list"]):
+        for image in by_sentence.get(i, []):
+            images.append(image)
+            texts.append(None)
+        images.append(None)
+        texts.append(sentence)
+    return {"images": images, "texts": texts}
+
+
+def _interleaved(data, path, images_column, texts_column, root, flatten):
+    columns = _columns(data)
+    if images_column not in columns and {"text_list", "image_info"} <= set(columns):
+        data = data.map(lambda ex: _mmc4_to_aligned(ex, root), remove_columns=["text_list", "image_info"])
+        columns = _columns(data)
+    images = _pick(columns, images_column, "images", path, "images")
+    texts = _pick(columns, texts_column, "texts", path, "texts")
+    data = _rename(data, {images: "images", texts: "texts"})
+    feature = (data.features or {}).get("images")
+    if feature is None or not isinstance(getattr(feature, "feature", None), Image):  # lists of paths
+        data = data.map(lambda ex: {"images": [_resolve(p, root) for p in ex["images"]]})
+        data = data.cast_column("images", List(Image()))
+    if flatten:
+        data = data.map(lambda ex: dict(zip(("text", "images"), interleaved_to_text(ex["images"], ex["texts"]))),
+                        remove_columns=["texts"])
+    return data
+
+
+def load_interleaved(path, images_column: str = "images", texts_column: str = "texts", split: str | None = "train",
+                     streaming: bool = False, flatten: bool = False, media_root=None, **load_kwargs):
+    """Interleaved documents -> OBELICS-aligned `images` / `texts` (position i holds an image or a text; images as
+    bytes, paths or datasets Images). MMC4 rows (`text_list` + `image_info`) are aligned the same way.
+    `flatten=True` returns `text` with `<visual>` placeholders and `images` without the None slots instead."""
+    data = _load_raw(path, streaming, **load_kwargs)
+    root = _root(path, media_root)
+    finish = lambda d: _interleaved(d, path, images_column, texts_column, root, flatten)  # noqa: E731
+    return _select(_per_split(data, finish), split, path)
+
+
+# -------------------------------------------------------------------------------------------------------- video
+def _video_text(data, path, video_column, text_column, root):
+    columns = _columns(data)
+    video = _pick(columns, video_column, "video", path, "video")
+    text = _pick(columns, text_column, "text", path, "text")
+    data = _rename(data, {video: "video", text: "text"})
+    return data.map(lambda ex: {"video": _resolve(ex["video"], root)})
+
+
+def load_video_text(path, video_column: str = "video", text_column: str = "text", split: str | None = "train",
+                    streaming: bool = False, media_root=None, **load_kwargs):
+    """Video-caption pairs (WebVid layout: csv/jsonl/parquet or save_to_disk rows of a video path and a caption)
+    -> `video` (path, resolved against the file's folder or `media_root`) + `text`."""
+    data = _load_raw(path, streaming, **load_kwargs)
+    root = _root(path, media_root)
+    return _select(_per_split(data, lambda d: _video_text(d, path, video_column, text_column, root)), split, path)
+
+
+def _interleaved_video(data, path, videos_column, texts_column, root):
+    columns = _columns(data)
+    videos = _pick(columns, videos_column, "videos", path, "videos")
+    texts = _pick(columns, texts_column, "texts", path, "texts")
+    data = _rename(data, {videos: "videos", texts: "texts"})
+
+    def finish(example):
+        clips = [_resolve(v, root) for v in example["videos"]]
+        captions = example["texts"]
+        if len(captions) != len(clips):
+            raise ValueError(f"{path}: a row has {len(clips)} clips but {len(captions)} captions")
+        out = {"videos": clips}
+        if "text" not in example or example.get("text") is None:
+            if None in clips:  # OBELICS-aligned
+                out["text"] = interleaved_to_text(clips, captions)[0]
+            else:  # one caption per clip
+                out["text"] = interleaved_to_text([x for c in clips for x in (c, None)],
+                                                  [x for t in captions for x in (None, t)])[0]
+        return out
+
+    return data.map(finish)
+
+
+def load_interleaved_video(path, videos_column: str = "videos", texts_column: str = "texts",
+                           split: str | None = "train", streaming: bool = False, media_root=None, **load_kwargs):
+    """Ordered clips with captions (Howto-Interlink7M layout): `videos` (paths) + `texts` (one caption per clip,
+    or OBELICS-aligned with None slots) + `text` (`<visual>caption<|endofchunk|>` chunks, unless present)."""
+    data = _load_raw(path, streaming, **load_kwargs)
+    root = _root(path, media_root)
+    finish = lambda d: _interleaved_video(d, path, videos_column, texts_column, root)  # noqa: E731
+    return _select(_per_split(data, finish), split, path)
+
+
+# ------------------------------------------------------------------------------------------------------ dispatch
+_EMBEDDED_OPTIONS = {"cache_dir", "seed", "num_train", "num_test"}
+
+
+def load_any(name_or_path, kind: str | None = None, streaming: bool = False, **kwargs):
+    """An embedded corpus by name (`load_embedded_dataset`), or local data in any supported layout, as a
+    DatasetDict (IterableDatasetDict when streaming) of all splits.
+
+    `kind` ("image_text", "interleaved", "video_text", "interleaved_video") defaults to a guess from the columns:
+    videos -> interleaved_video, video -> video_text, images / MMC4 -> interleaved, else image_text. Column-name
+    keywords (`image_column`, ...) go to the chosen loader; for embedded corpora they are ignored."""
+    if str(name_or_path) in EMBEDDED_DATASETS:
+        options = set(EMBEDDED_DATASETS[str(name_or_path)]) | _EMBEDDED_OPTIONS
+        data = load_embedded_dataset(str(name_or_path), **{k: v for k, v in kwargs.items() if k in options})
+        return IterableDatasetDict({k: v.to_iterable_dataset() for k, v in data.items()}) if streaming else data
+    loaders = {"image_text": load_image_text, "interleaved": load_interleaved, "video_text": load_video_text,
+               "interleaved_video": load_interleaved_video}
+    if kind is None:
+        raw = _load_raw(name_or_path, streaming)
+        columns = set(_columns(next(iter(raw.values()))))
+        if kwargs.get("videos_column", "videos") in columns:
+            kind = "interleaved_video"
+        elif kwargs.get("video_column", "video") in columns:
+            kind = "video_text"
+        elif kwargs.get("images_column", "images") in columns or {"text_list", "image_info"} <= columns:
+            kind = "interleaved"
+        else:
+            kind = "image_text"
+    if kind not in loaders:
+        raise ValueError(f"unknown kind {kind!r}; use one of {list(loaders)}")
+    loader = loaders[kind]
+    accepted = inspect.signature(loader).parameters
+    # Column names meant for another layout (e.g. image_column for a video dataset) do not apply here.
+    kwargs = {k: v for k, v in kwargs.items() if k in accepted or not k.endswith("_column")}
+    return loader(name_or_path, split=None, streaming=streaming, **kwargs)
+

@@ -97,7 +97,10 @@ def _batch_media(arg: Any, name: str, is_item, batch_size: int) -> list[list] | 
         arg = [arg]
     if not isinstance(arg, (list, tuple)):
         raise TypeError(f"`{name}` must be a list (one entry per sample) or a single item, got {type(arg).__name__}.")
-    if len(arg) > 0 and all(is_item(a) for a in arg):
+    # For `media`, a list of lists is always one list per sample (a video given as a list of frames inside it
+    # would otherwise be ambiguous with a sample's list of images).
+    nested = name == "media" and len(arg) > 0 and all(isinstance(a, (list, tuple)) for a in arg)
+    if len(arg) > 0 and not nested and all(is_item(a) for a in arg):
         # flat list of items: all for a single sample, or one per sample
         if batch_size == 1:
             return [list(arg)]
@@ -113,7 +116,7 @@ def _batch_media(arg: Any, name: str, is_item, batch_size: int) -> list[list] | 
     for i, a in enumerate(arg):
         if a is None:
             out.append([])
-        elif is_item(a):
+        elif is_item(a) and not (nested and isinstance(a, (list, tuple))):
             out.append([a])
         elif isinstance(a, (list, tuple)):
             for j, item in enumerate(a):

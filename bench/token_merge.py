@@ -1,0 +1,140 @@
+"""Token merging speed: a ViT-B/16-shaped vision tower and a whole SimVLG training step, with and without merging.
+
+    python bench/token_merge.py --output token_merge.json [--batch 4] [--iters 3] [--device cpu]
+
+- tower: forward + backward of a CLIP vision tower with ViT-B/16 shapes (197 tokens, 12 layers, width 768, random
+  weights) with ToMe inside its layers (`apply_token_merging`) at r in {0, 8, 13, 16}; images/s and its speedup
+  over r=0.
+- simvlg_step: forward + backward + AdamW step of SimVLG (that tower frozen -> 12-layer BERT-base connector ->
+  a small Llama) at connector merge_r in {0, 8, 16}; step time and speedup over merge_r=0.
+Each point: one warm-up, then `--iters` timed iterations; `speedup` uses the fastest iteration (the least
+disturbed), `speedup_mean` the mean; every time, the standard deviation and `noise` (std / mean) are kept, since
+CPU timings on a small shared machine vary a lot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig
+
+from cosmo_vl.modeling import SimVlgConfig, SimVlgForConditionalGeneration, apply_token_merging
+from cosmo_vl.modeling.token_merging import token_counts
+
+TOWER_R = (0, 8, 13, 16)
+CONNECTOR_R = (0, 8, 16)
+
+
+def vit_b16() -> CLIPVisionConfig:
+    return CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            patch_size=16, image_size=224)
+
+
+def _timed(step, iters: int, sync) -> list[float]:
+    step()  # warm-up
+    sync()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        step()
+        sync()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(times: list[float], batch: int) -> dict:
+    mean = statistics.mean(times)
+    std = statistics.stdev(times) if len(times) > 1 else 0.0
+    best = min(times)  # the least disturbed run: the speedups use it, the mean and noise are kept beside it
+    return {"seconds": times, "best_s": best, "mean_s": mean, "std_s": std, "noise": std / mean,
+            "images_per_s": batch / best, "images_per_s_mean": batch / mean}
+
+
+def bench_tower(batch: int, iters: int, device: torch.device, sync) -> dict:
+    torch.manual_seed(0)
+    model = CLIPVisionModel(vit_b16()).to(device).train()
+    apply_token_merging(model, r=0)
+    pixels = torch.randn(batch, 3, 224, 224, device=device)
+    results = {}
+    for r in TOWER_R:
+        model.tome_r = r
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(pixel_values=pixels).last_hidden_state.float().square().mean().backward()
+
+        results[f"r{r}"] = {**_summary(_timed(step, iters, sync), batch), "r": r,
+                            "tokens_out": token_counts(197, [r] * 12, 1)[-1]}
+        print(f"tower r={r:2d}: {results[f'r{r}']['images_per_s']:.2f} images/s", flush=True)
+    base, base_mean = results["r0"]["images_per_s"], results["r0"]["images_per_s_mean"]
+    for point in results.values():
+        point["speedup"] = point["images_per_s"] / base
+        point["speedup_mean"] = point["images_per_s_mean"] / base_mean
+    return results
+
+
+def simvlg_config(merge_r: int) -> SimVlgConfig:
+    text = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
+                       num_key_value_heads=4, vocab_size=8000, max_position_embeddings=512)
+    return SimVlgConfig(vision_config=vit_b16(), text_config=text, merge_r=merge_r, media_token_id=3,
+                        connector_dropout=0.0)
+
+
+def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
+    results = {}
+    ids = torch.randint(5, 8000, (batch, 32), device=device)
+    ids[:, 1] = 3
+    labels = ids.clone()
+    labels[:, :2] = -100
+    pixels = torch.randn(batch, 1, 1, 3, 224, 224, device=device)
+    for r in CONNECTOR_R:
+        torch.manual_seed(0)
+        model = SimVlgForConditionalGeneration(simvlg_config(r)).to(device).train()
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            model(input_ids=ids, pixel_values=pixels, labels=labels).loss.backward()
+            optimizer.step()
+
+        summary = _summary(_timed(step, iters, sync), batch)
+        results[f"r{r}"] = {**summary, "merge_r": r, "visual_tokens": token_counts(197, [r] * 12, 1)[-1],
+                            "step_s": summary["best_s"]}
+        print(f"simvlg merge_r={r:2d}: {summary['best_s']:.2f} s/step", flush=True)
+        del model, optimizer
+    base, base_mean = results["r0"]["best_s"], results["r0"]["mean_s"]
+    for point in results.values():
+        point["speedup"] = base / point["best_s"]
+        point["speedup_mean"] = base_mean / point["mean_s"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--iters", type=int, default=3)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    report = {
+        "machine": {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    "platform": platform.platform()},
+        "settings": {"batch": args.batch, "iters": args.iters, "tower": "CLIP ViT-B/16 shapes, 197 tokens"},
+        "tower": bench_tower(args.batch, args.iters, device, sync),
+        "simvlg_step": bench_simvlg(args.batch, args.iters, device, sync),
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(report, indent=2))
+    print(json.dumps({k: {p: round(v["speedup"], 2) for p, v in report[k].items()} for k in ("tower", "simvlg_step")}))
+
+
+if __name__ == "__main__":
+    main()

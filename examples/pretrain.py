@@ -22,7 +22,7 @@ from cosmo_vl import evaluation
 from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
 from cosmo_vl.presets import get_config, get_processor, list_presets
-from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, load_any, zero_shot_prompts
+from cosmo_vl.processing import EMBEDDED_DATASETS, RoundRobinBatches, VLCollator, load_any, zero_shot_prompts
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
 
 logger = logging.getLogger("pretrain")
@@ -35,7 +35,11 @@ class ScriptArguments:
     vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision tower (path or Hub id)."})
     text_model: str | None = field(default=None, metadata={"help": "Pretrained causal LM (path or Hub id)."})
     processor: str | None = field(default=None, metadata={"help": "Processor folder (default: the preset's)."})
-    dataset: str = field(default="shapes-captions", metadata={"help": "Embedded dataset name or a local path."})
+    dataset: str = field(
+        default="shapes-captions",
+        metadata={"help": "Embedded dataset name or a local path; several, mixed batch by batch with ratios, as "
+                  "'shapes-captions:1,shapes-interleaved:0.3,shapes-videos:0.3' (evaluation uses the first)."},
+    )
     eval_dataset: str | None = field(default=None, metadata={"help": "Held-out data (default: the test split)."})
     image_column: str = field(default="image", metadata={"help": "Image column of --dataset."})
     text_column: str = field(default="text", metadata={"help": "Caption column of --dataset."})
@@ -66,6 +70,16 @@ DEFAULTS = dict(
     seed=0,
     remove_unused_columns=False,
 )
+
+
+def _name_and_ratio(part: str) -> tuple[str, str]:
+    """'name:0.3' -> ('name', '0.3'); a part without a numeric suffix has ratio 1."""
+    name, _, ratio = part.rpartition(":")
+    try:
+        float(ratio)
+    except ValueError:
+        return part, "1"
+    return (name, ratio) if name else (part, "1")
 
 
 def build_model(args: ScriptArguments) -> CosmoForConditionalGeneration:
@@ -156,10 +170,23 @@ def main(argv=None):
     trainable, total, fraction = trainable_parameters(model)
     logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
 
+    specs = [_name_and_ratio(part) for part in args.dataset.split(",")]
+    args.dataset = specs[0][0]
     data = load_any(args.dataset, image_column=args.image_column, text_column=args.text_column)
     train_data = data["train"]
     if args.max_train_samples:
         train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
+    if len(specs) > 1:
+        # Batch-by-batch round robin: each batch is pairs, interleaved documents or videos, never a mix.
+        sources = [train_data] + [load_any(name)["train"] for name, _ in specs[1:]]
+        steps = training_args.max_steps if training_args.max_steps > 0 else None
+        train_data = RoundRobinBatches(
+            sources, [float(r) for _, r in specs], training_args.per_device_train_batch_size,
+            num_batches=None if steps is None else steps * training_args.gradient_accumulation_steps
+            * training_args.world_size, group=training_args.world_size, seed=training_args.seed,
+            names=[name for name, _ in specs],
+        )
+        training_args.train_sampling_strategy = "sequential"
     eval_splits = {}
     if args.eval_dataset:
         eval_all = load_any(args.eval_dataset, image_column=args.image_column, text_column=args.text_column)

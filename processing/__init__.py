@@ -3,6 +3,7 @@
 from .collators import SampleError, SkipStats, VLCollator
 from .images import ImageLoadingError, load_image
 from .loaders import detect_format, load_any, load_image_text, load_interleaved, load_interleaved_video, load_video_text
+from .mixing import RoundRobinBatches
 from .processing_cosmo import IGNORE_INDEX, CosmoProcessor
 from .synthetic import (
     EMBEDDED_DATASETS,
@@ -40,6 +41,7 @@ from .tokenization import (
 __all__ = [
     "EMBEDDED_DATASETS",
     "ImageLoadingError",
+    "RoundRobinBatches",
     "SampleError",
     "SkipCounter",
     "SkipStats",

@@ -83,11 +83,14 @@ class VLCollator:
             elif example.get(self.image_column) is not None:
                 text, media = example.get(self.text_column), [load_image(example[self.image_column])]
             elif example.get(self.images_column) is not None:
-                text, media = example.get(self.text_column), [load_image(m) for m in example[self.images_column]]
+                # OBELICS-aligned lists hold None where the document has text: keep the images, in order.
+                images = [m for m in example[self.images_column] if m is not None]
+                text, media = example.get(self.text_column), [load_image(m) for m in images]
             elif example.get(self.video_column) is not None:
                 text, media = example.get(self.text_column), [self._video(example[self.video_column])]
             elif example.get(self.videos_column) is not None:
-                text, media = example.get(self.text_column), [self._video(v) for v in example[self.videos_column]]
+                videos = [v for v in example[self.videos_column] if v is not None]
+                text, media = example.get(self.text_column), [self._video(v) for v in videos]
             else:
                 text, media = example.get(self.text_column), []
         except (ImageLoadingError, VideoDecodingError, OSError) as err:

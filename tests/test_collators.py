@@ -108,3 +108,25 @@ def test_fuzz_malformed_samples_are_errors_or_counted_skips(processor, tmp_path)
     assert total_bad >= 1000
     assert collator.stats.total == total_bad
     assert torch.is_tensor(batch["pixel_values"])
+
+
+def test_round_robin_batches_keep_one_kind_per_batch_and_the_ratios(corpus, processor, tmp_path):
+    from cosmo_vl.processing import RoundRobinBatches
+
+    docs = [{"images": [Image.new("RGB", (32, 32), "red"), None], "texts": [None, f"doc {i}."]} for i in range(5)]
+    mixed = RoundRobinBatches([corpus["train"], docs], ratios=[3, 1], batch_size=4, num_batches=40, seed=0,
+                              names=["pairs", "docs"])
+    assert len(mixed) == 160
+    kinds = [mixed.source_of(b * 4) for b in range(40)]
+    assert kinds.count("pairs") == 30 and kinds.count("docs") == 10
+    for b in range(40):  # every batch holds one kind
+        assert len({mixed.source_of(b * 4 + k) for k in range(4)}) == 1
+    again = RoundRobinBatches([corpus["train"], docs], ratios=[3, 1], batch_size=4, num_batches=40, seed=0)
+    assert again.plan == mixed.plan
+    collator = VLCollator(processor)
+    first_docs = kinds.index("docs") * 4
+    batch = collator([mixed[first_docs + k] for k in range(4)])
+    assert batch["pixel_values"].shape[:2] == (4, 1)
+    grouped = RoundRobinBatches([corpus["train"], docs], ratios=[1, 1], batch_size=2, num_batches=8, group=2)
+    for step in range(4):  # with 2 processes, both get the same kind at each step
+        assert len({grouped.source_of(step * 4 + k) for k in range(4)}) == 1

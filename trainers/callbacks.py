@@ -5,10 +5,14 @@ from collections.abc import Sequence
 
 from transformers import TrainerCallback
 
+SCHEDULES = ("constant", "linear", "cosine", "step")
 
-def schedule_value(kind: str, progress: float, start: float, end: float, steps: Sequence[tuple[float, float]] = ()):
-    """Value at `progress` in [0, 1]: "constant" (start), "linear" and "cosine" (start -> end), or "step"
-    (piecewise constant from `steps` = [(from_progress, value), ...], before the first: start)."""
+
+def schedule_value(kind: str, progress: float, start: float, end: float = 0.0,
+                   steps: Sequence[tuple[float, float]] = ()) -> float:
+    """Value at `progress` (clamped to [0, 1]): "constant" (start), "linear" and "cosine" (start -> end, the
+    cosine flat at both ends) or "step" (piecewise constant: `steps` = [(from_progress, value), ...], start
+    before the first)."""
     progress = min(max(progress, 0.0), 1.0)
     if kind == "constant":
         return start
@@ -18,56 +22,88 @@ def schedule_value(kind: str, progress: float, start: float, end: float, steps: 
         return end + (start - end) * 0.5 * (1 + math.cos(math.pi * progress))
     if kind == "step":
         value = start
-        for at, v in sorted(steps):
+        for at, step_value in sorted(steps):
             if progress >= at:
-                value = v
+                value = step_value
         return value
-    raise ValueError(f"unknown schedule {kind!r}; use constant, linear, cosine or step")
+    raise ValueError(f"unknown schedule {kind!r}; use one of {SCHEDULES}")
+
+
+class ScheduleCallback(TrainerCallback):
+    """Base: computes a scheduled value at the start of training and of every optimizer step and hands it to
+    `apply`. Progress is `global_step / total_steps` (`total_steps` defaults to the run's `max_steps`)."""
+
+    def __init__(self, kind: str = "linear", start: float = 0.0, end: float = 1.0,
+                 steps: Sequence[tuple[float, float]] = (), total_steps: int | None = None, as_int: bool = False):
+        if kind not in SCHEDULES:
+            raise ValueError(f"unknown schedule {kind!r}; use one of {SCHEDULES}")
+        self.kind, self.start, self.end, self.steps = kind, start, end, list(steps)
+        self.total_steps, self.as_int = total_steps, as_int
+        self.value = round(start) if as_int else start
+
+    def value_at(self, global_step: int, max_steps: int) -> float:
+        total = max_steps if self.total_steps is None else self.total_steps
+        progress = global_step / total if total > 0 else 1.0
+        value = schedule_value(self.kind, progress, self.start, self.end, self.steps)
+        return round(value) if self.as_int else value
+
+    def apply(self, value, model) -> None:
+        raise NotImplementedError
+
+    def _update(self, state, model) -> None:
+        self.value = self.value_at(state.global_step, state.max_steps)
+        self.apply(self.value, model)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._update(state, model)
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self._update(state, model)
 
 
 def _set_path(obj, path: str, value) -> None:
     *parents, last = path.split(".")
     for name in parents:
-        obj = getattr(obj, name)
+        obj = obj[int(name)] if name.isdigit() else getattr(obj, name)
+    if not hasattr(obj, last):
+        raise AttributeError(f"{type(obj).__name__} has no attribute {last!r} (schedule path {path!r})")
     setattr(obj, last, value)
 
 
-class AttributeScheduleCallback(TrainerCallback):
-    """Set `model.<attribute path>` from a schedule over training progress at every step (e.g. a token-merge
-    ratio, a momentum, a loss weight); integer values are rounded when `as_int`."""
+class AttributeScheduleCallback(ScheduleCallback):
+    """Set `model.<attribute path>` (dotted, list indices allowed: "model.layers.0.merge_ratio") from a constant /
+    linear / cosine / step schedule, e.g. a token-merge ratio (`as_int=True` rounds to an integer)."""
 
     def __init__(self, attribute: str, kind: str = "linear", start: float = 0.0, end: float = 1.0,
-                 steps: Sequence[tuple[float, float]] = (), as_int: bool = False):
-        self.attribute, self.kind, self.start, self.end, self.steps, self.as_int = attribute, kind, start, end, steps, as_int
-        self.value = start
+                 steps: Sequence[tuple[float, float]] = (), total_steps: int | None = None, as_int: bool = False):
+        super().__init__(kind, start, end, steps, total_steps, as_int)
+        self.attribute = attribute
 
-    def _apply(self, state, model):
-        progress = state.global_step / max(1, state.max_steps)
-        value = schedule_value(self.kind, progress, self.start, self.end, self.steps)
-        self.value = round(value) if self.as_int else value
+    def apply(self, value, model) -> None:
         if model is not None:
-            _set_path(model, self.attribute, self.value)
-
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._apply(state, model)
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        self._apply(state, model)
+            _set_path(model, self.attribute, value)
 
 
 class MomentumScheduleCallback(AttributeScheduleCallback):
-    """EMA momentum raised from `start` to `end` (default 0.995 -> 1.0) along a cosine, as in BYOL/ALBEF."""
+    """EMA momentum of a momentum encoder raised from `start` to `end` along a cosine (BYOL, ALBEF)."""
 
-    def __init__(self, attribute: str = "momentum", start: float = 0.995, end: float = 1.0):
-        super().__init__(attribute, "cosine", start, end)
+    def __init__(self, attribute: str = "momentum", start: float = 0.995, end: float = 1.0,
+                 total_steps: int | None = None):
+        super().__init__(attribute, "cosine", start, end, total_steps=total_steps)
 
 
-class LossWeightWarmupCallback(TrainerCallback):
-    """Ramp the trainer's weight of one loss component linearly from 0 to `weight` over `warmup_steps`."""
+class LossWeightWarmupCallback(ScheduleCallback):
+    """Ramp the trainer's weight of one loss component linearly from `start` (0) to `weight` over `warmup_steps`
+    optimizer steps, then hold it. `VLTrainer` binds itself to this callback when given it."""
 
-    def __init__(self, trainer, component: str, weight: float, warmup_steps: int):
-        self.trainer, self.component, self.weight, self.warmup_steps = trainer, component, weight, warmup_steps
+    def __init__(self, component: str, weight: float, warmup_steps: int, start: float = 0.0, trainer=None):
+        super().__init__("linear", start, weight, total_steps=warmup_steps)
+        self.component, self.trainer = component, trainer
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        fraction = min(1.0, state.global_step / max(1, self.warmup_steps))
-        self.trainer.loss_weights[self.component] = self.weight * fraction
+    def bind_trainer(self, trainer) -> None:
+        self.trainer = trainer
+
+    def apply(self, value, model) -> None:
+        if self.trainer is None:
+            raise RuntimeError("LossWeightWarmupCallback needs a VLTrainer: pass it in the trainer's `callbacks`.")
+        self.trainer.set_loss_weight(self.component, value)

@@ -45,7 +45,7 @@ SIZES = ["small", "large"]
 POSITIONS = ["left", "right", "top", "bottom", "center"]
 POSITION_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top", "bottom": "at the bottom",
                     "center": "in the center"}
-MAX_COUNT = {"small": 4, "large": 2}
+MAX_COUNT = {"small": 2, "large": 2}
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 BACKGROUNDS = {"black": (0, 0, 0), "white": (255, 255, 255), "gray": (128, 128, 128)}
 EVENTS = ["moves left", "moves right", "moves up", "moves down", "grows", "shrinks", "appears", "disappears"]

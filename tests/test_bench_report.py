@@ -1,0 +1,106 @@
+"""The benchmark report renderer on small synthetic JSON files (no benchmark is run)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.fixture(scope="module")
+def report():
+    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_report"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train(step, peak, trainable, total):
+    return {"step_time_s": step, "peak_rss_delta_bytes": peak, "params": {"trainable": trainable, "total": total}}
+
+
+VS = {
+    "train_step_time_ratio": 0.5,
+    "trainable_params_ratio": 0.45,
+    "peak_memory_ratio": 0.8,
+    "generate_tokens_per_s_ratio": 2.5,
+    "generate_tokens_per_s_ratio_by_images": {"1": 2.5, "4": 3.1},
+    "targets": {
+        "train_step_time_ratio": {"target": "<= 0.6", "measured": 0.5, "met": True},
+        "trainable_params_ratio": {"target": "<= 0.4", "measured": 0.45, "met": False},
+        "generate_tokens_per_s_ratio": {"target": ">= 2.0", "measured": 2.5, "met": True},
+    },
+    "details": {
+        "benchmark": "vs_openflamingo",
+        "machine": {"torch": "2.x", "transformers": "5.x", "cpu_count": 2},
+        "results": {
+            "pair_train": {"step_time_s": {"cosmo": 1.0, "openflamingo": 2.0}},
+            "train/cosmo": _train(1.0, 300 * 2**20, 10_000_000, 50_000_000),
+            "train/openflamingo": _train(2.0, 375 * 2**20, 22_000_000, 60_000_000),
+            "generate/1img": {"tokens_per_s": {"cosmo": 25.0, "openflamingo": 10.0}},
+            "generate/4img": {"error": "boom"},
+        },
+    },
+}
+ROOFLINE = {
+    "benchmark": "roofline",
+    "device": "cpu",
+    "peak_matmul": {"flops_per_s": 1e11, "dtype": "torch.float32", "n": 2048},
+    "configs": [
+        {"config": "tiny", "batch": 8, "seq_len": 128, "train_step_flops": 2e9, "step_time_s": 0.2,
+         "achieved_flops_per_s": 1e10, "fraction_of_peak": 0.1},
+    ],
+}
+SCALING = {
+    "benchmark": "scaling",
+    "series": {
+        "images": [
+            {"images": 1, "cosmo": {"step_time_s": 0.1, "peak_memory_bytes": 100 * 2**20},
+             "openflamingo": {"step_time_s": 0.2, "peak_memory_bytes": 120 * 2**20},
+             "step_time_ratio": 0.5, "peak_memory_ratio": 0.833},
+            {"images": 4, "cosmo": {"step_time_s": 0.15, "peak_memory_bytes": 110 * 2**20},
+             "openflamingo": {"error": "x"}},
+        ],
+    },
+}
+
+
+def _write(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_render_all_kinds(report, tmp_path, capsys):
+    inputs = [_write(tmp_path, "vs.json", VS), _write(tmp_path, "roof.json", ROOFLINE), _write(tmp_path, "sc.json", SCALING)]
+    out = tmp_path / "report"
+    assert report.main(["--input", *map(str, inputs), "--output-dir", str(out)]) == 0
+    markdown = capsys.readouterr().out
+    assert markdown == (out / "report.md").read_text() + "\n"
+    assert "| train_step_time_ratio | 0.500 | <= 0.6 | yes |" in markdown
+    assert "| trainable_params_ratio | 0.450 | <= 0.4 | no |" in markdown
+    assert "generate_tokens_per_s_ratio (4 images) | 3.100" in markdown
+    assert "| generate/4img | error |" in markdown
+    assert "| pair_train/openflamingo | 2.000 s/step |" in markdown
+    assert "| generate/1img/cosmo | 25.00 tokens/s |" in markdown
+    assert "| train/openflamingo |  | 375 MiB | 22.00M | 60.00M |" in markdown
+    assert "| tiny | 8x128 | 2.00 | 0.200 | 10.00 | 10.0% |" in markdown
+    assert "| 1 | 0.100 | 100 | 0.200 | 120 | 0.500 | 0.833 |" in markdown
+    assert "| 4 | 0.150 | 110 | error | error | n/a | n/a |" in markdown
+    if report._plt() is not None:
+        for name in ("vs_openflamingo.png", "roofline.png", "scaling_images.png"):
+            png = out / name
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({name})" in markdown
+
+
+def test_skipped_roofline_and_unknown_json(report, tmp_path):
+    skipped = _write(tmp_path, "skip.json", {"benchmark": "roofline", "device": "cuda", "skipped": "no CUDA"})
+    markdown, pngs = report.render([skipped], tmp_path / "out")
+    assert "Skipped: no CUDA." in markdown and pngs == []
+    with pytest.raises(ValueError, match="Unrecognised"):
+        report.render([_write(tmp_path, "bad.json", {"hello": 1})], tmp_path / "out2")

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
@@ -16,6 +16,7 @@ from .lm_split import split_language_model
 from .media_masks import media_index_from_ids
 from .pooling import AttentionPooling
 from .resampler import PerceiverResampler
+from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .visual_context import StopAtSplit, VisualContext
 
 
@@ -73,32 +74,11 @@ class CosmoOutput(ModelOutput):
     visual_cache: CosmoVisualCache | None = None
 
 
-def _as_media_batch(pixel_values: torch.Tensor) -> torch.Tensor:
-    """Accept (B, C, H, W), (B, M, C, H, W) or (B, M, F, C, H, W); return (B, M, F, C, H, W)."""
-    if pixel_values.dim() == 4:
-        return pixel_values[:, None, None]
-    if pixel_values.dim() == 5:
-        return pixel_values[:, :, None]
-    if pixel_values.dim() == 6:
-        return pixel_values
-    raise ValueError(
-        f"pixel_values must be (B, C, H, W), (B, M, C, H, W) or (B, M, F, C, H, W); got shape {tuple(pixel_values.shape)}."
-    )
-
-
 def _is_pair_batch(pixel_values: torch.Tensor, media_mask: torch.Tensor | None) -> bool:
     """True when every sample holds exactly one image or video (the batches the contrastive loss uses)."""
     if media_mask is None:
-        return _as_media_batch(pixel_values).shape[1] == 1
+        return as_media_batch(pixel_values).shape[1] == 1
     return bool((media_mask.sum(-1) == 1).all())
-
-
-def _mark_initialized(module: nn.Module) -> None:
-    """Pretrained towers handed to the constructor must not be re-initialised by `post_init`."""
-    for sub in module.modules():
-        sub._is_hf_initialized = True
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        tensor._is_hf_initialized = True
 
 
 class CosmoPreTrainedModel(PreTrainedModel):
@@ -131,24 +111,9 @@ class CosmoPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_backbones(cls, vision: str, text: str, **config_kwargs):
-        """Build a CosMo model around pretrained towers given by local path or Hub id.
-
-        `vision` may point at a vision-only checkpoint or a dual encoder (CLIP, SigLIP: its vision tower is used);
-        `text` at a causal LM. Extra keyword arguments go to `CosmoConfig` (e.g. `unimodal_depth`).
-        """
-        from transformers import AutoConfig
-        from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-        vision_cfg = AutoConfig.from_pretrained(vision)
-        vision_cfg = getattr(vision_cfg, "vision_config", None) or vision_cfg
-        vision_model = MODEL_MAPPING[type(vision_cfg)].from_pretrained(vision)
-        causal_lm = AutoModelForCausalLM.from_pretrained(text)
-        attn = (vision_model.config._attn_implementation, causal_lm.config._attn_implementation)
-        config = cls.config_class(vision_config=vision_model.config, text_config=causal_lm.config, **config_kwargs)
-        model = cls(config, vision_model=vision_model, causal_lm=causal_lm)
-        # The composite's __init__ re-dispatches attention on the sub-configs the towers share: restore theirs.
-        config.vision_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
-        return model
+        """Build the model around pretrained towers given by local path or Hub id (`vision` may be a dual encoder
+        such as CLIP or SigLIP: its vision tower is used). Extra keyword arguments go to the config."""
+        return build_from_backbones(cls, vision, text, **config_kwargs)
 
 
 class CosmoModel(CosmoPreTrainedModel):
@@ -159,10 +124,10 @@ class CosmoModel(CosmoPreTrainedModel):
         if vision_model is None:
             vision_model = AutoModel.from_config(config.vision_config)
         else:
-            _mark_initialized(vision_model)
+            mark_initialized(vision_model)
         language_model = AutoModel.from_config(config.text_config) if causal_lm is None else causal_lm.base_model
         if causal_lm is not None:
-            _mark_initialized(language_model)
+            mark_initialized(language_model)
         self.vision_model = vision_model
         self.language_model = language_model
         vision_dim = config.vision_config.hidden_size
@@ -226,7 +191,7 @@ class CosmoModel(CosmoPreTrainedModel):
         frame_mask: torch.Tensor | None = None,
     ) -> CosmoVisualCache:
         """pixel_values (B, M, F, C, H, W) -> resampled latents of the real media (padded media/frames skipped)."""
-        pixel_values = _as_media_batch(pixel_values)
+        pixel_values = as_media_batch(pixel_values)
         b, m, f = pixel_values.shape[:3]
         device = pixel_values.device
         media_mask = torch.ones(b, m, dtype=torch.bool, device=device) if media_mask is None else media_mask.bool()
@@ -369,30 +334,11 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
     def __init__(self, config: CosmoConfig, vision_model: PreTrainedModel | None = None, causal_lm=None):
         super().__init__(config)
         self.model = CosmoModel(config, vision_model=vision_model, causal_lm=causal_lm)
-        embeddings = self.model.get_input_embeddings()
-        self.lm_head = nn.Linear(embeddings.embedding_dim, embeddings.num_embeddings, bias=False)
-        # Tie like the wrapped LM does; the embedding's parameter name depends on the LM family.
-        embed_name = next(n for n, m in self.model.language_model.named_modules() if m is embeddings)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
-        if causal_lm is not None:
-            head = causal_lm.get_output_embeddings()
-            if getattr(head, "bias", None) is not None:
-                raise ValueError(f"{type(causal_lm).__name__} has a biased LM head, which CosMo does not support yet.")
-            self.lm_head.weight = head.weight if config.tie_word_embeddings else nn.Parameter(head.weight.detach().clone())
-            _mark_initialized(self.lm_head)
+        attach_lm_head(self, self.model.language_model, config, causal_lm)
         self.post_init()
         self.model.apply_freezing()
         self.lm_head.requires_grad_(not config.freeze_language_model)
-        self._stop_at_endofchunk()
-
-    def _stop_at_endofchunk(self) -> None:
-        """Generation ends a chunk at `<|endofchunk|>` (the caption/answer terminator) as well as at EOS."""
-        if self.config.endofchunk_token_id is None or self.generation_config is None:
-            return
-        eos = self.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if self.config.endofchunk_token_id not in eos:
-            self.generation_config.eos_token_id = eos + [self.config.endofchunk_token_id]
+        stop_at_endofchunk(self)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

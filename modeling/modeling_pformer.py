@@ -22,6 +22,7 @@ from transformers.utils import ModelOutput
 
 from .configuration_pformer import PFormerConfig
 from .vlp_objectives import LearnableTemperature
+from .towers import mark_initialized
 
 IGNORE_INDEX = -100
 
@@ -116,14 +117,6 @@ class PFormerPreTrainedModel(PreTrainedModel):
             init.constant_(module.value, self.config.temperature_init)
 
 
-def _mark_initialized(module: nn.Module) -> None:
-    """Pretrained towers handed to the constructor must not be re-initialised by `post_init`."""
-    for sub in module.modules():
-        sub._is_hf_initialized = True
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        tensor._is_hf_initialized = True
-
-
 def _encoder_from_config(config) -> PreTrainedModel:
     try:  # BERT-like encoders: the pooler is unused (and would be an unused parameter under DDP)
         return AutoModel.from_config(config, add_pooling_layer=False)
@@ -139,11 +132,11 @@ class PFormerModel(PFormerPreTrainedModel):
         if encoder is None:
             encoder = _encoder_from_config(config.encoder_config)
         else:
-            _mark_initialized(encoder)
+            mark_initialized(encoder)
         if language_model is None:
             language_model = AutoModelForCausalLM.from_config(config.text_config)
         else:
-            _mark_initialized(language_model)
+            mark_initialized(language_model)
         self.encoder = encoder
         self.language_model = language_model
         hidden = config.encoder_config.hidden_size

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedModel
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -12,7 +12,7 @@ from transformers.utils import ModelOutput
 
 from .attention import multihead_attention
 from .configuration_simvlg import SimVlgConfig
-from .modeling_cosmo import _as_media_batch, _mark_initialized
+from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .temporal_merging import TemporalAttention, TemporalTokenMerging, frame_mean
 from .token_merging import (
     MergeSchedule,
@@ -219,18 +219,7 @@ class SimVlgPreTrainedModel(PreTrainedModel):
     def from_backbones(cls, vision: str, text: str, **config_kwargs):
         """Build a SimVLG model around pretrained towers given by local path or Hub id (`vision` may be a dual
         encoder such as CLIP or SigLIP: its vision tower is used). Extra keyword arguments go to `SimVlgConfig`."""
-        from transformers import AutoConfig
-        from transformers.models.auto.modeling_auto import MODEL_MAPPING
-
-        vision_cfg = AutoConfig.from_pretrained(vision)
-        vision_cfg = getattr(vision_cfg, "vision_config", None) or vision_cfg
-        vision_model = MODEL_MAPPING[type(vision_cfg)].from_pretrained(vision)
-        causal_lm = AutoModelForCausalLM.from_pretrained(text)
-        attn = (vision_model.config._attn_implementation, causal_lm.config._attn_implementation)
-        config = cls.config_class(vision_config=vision_model.config, text_config=causal_lm.config, **config_kwargs)
-        model = cls(config, vision_model=vision_model, causal_lm=causal_lm)
-        config.vision_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
-        return model
+        return build_from_backbones(cls, vision, text, **config_kwargs)
 
 
 class SimVlgModel(SimVlgPreTrainedModel):
@@ -245,10 +234,10 @@ class SimVlgModel(SimVlgPreTrainedModel):
         if vision_model is None:
             vision_model = AutoModel.from_config(config.vision_config)
         else:
-            _mark_initialized(vision_model)
+            mark_initialized(vision_model)
         language_model = AutoModel.from_config(config.text_config) if causal_lm is None else causal_lm.base_model
         if causal_lm is not None:
-            _mark_initialized(language_model)
+            mark_initialized(language_model)
         self.vision_model = vision_model
         self.language_model = language_model
         self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.connector_hidden_size)
@@ -328,7 +317,7 @@ class SimVlgModel(SimVlgPreTrainedModel):
         frame_mask: torch.Tensor | None = None,
     ) -> SimVlgVisualTokens:
         """pixel_values (B, M, F, C, H, W) -> merged visual tokens in the LM width (padded media/frames skipped)."""
-        pixel_values = _as_media_batch(pixel_values)
+        pixel_values = as_media_batch(pixel_values)
         b, m, f = pixel_values.shape[:3]
         device = pixel_values.device
         media_mask = torch.ones(b, m, dtype=torch.bool, device=device) if media_mask is None else media_mask.bool()
@@ -456,29 +445,11 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
     def __init__(self, config: SimVlgConfig, vision_model: PreTrainedModel | None = None, causal_lm=None):
         super().__init__(config)
         self.model = SimVlgModel(config, vision_model=vision_model, causal_lm=causal_lm)
-        embeddings = self.model.get_input_embeddings()
-        self.lm_head = nn.Linear(embeddings.embedding_dim, embeddings.num_embeddings, bias=False)
-        embed_name = next(n for n, m in self.model.language_model.named_modules() if m is embeddings)
-        self._tied_weights_keys = {"lm_head.weight": f"model.language_model.{embed_name}.weight"}
-        if causal_lm is not None:
-            head = causal_lm.get_output_embeddings()
-            if getattr(head, "bias", None) is not None:
-                raise ValueError(f"{type(causal_lm).__name__} has a biased LM head, which SimVLG does not support yet.")
-            self.lm_head.weight = head.weight if config.tie_word_embeddings else nn.Parameter(head.weight.detach().clone())
-            _mark_initialized(self.lm_head)
+        attach_lm_head(self, self.model.language_model, config, causal_lm)
         self.post_init()
         self.model.apply_freezing()
         self.lm_head.requires_grad_(not config.freeze_language_model)
-        self._stop_at_endofchunk()
-
-    def _stop_at_endofchunk(self) -> None:
-        """Generation ends a chunk at `<|endofchunk|>` (the caption/answer terminator) as well as at EOS."""
-        if self.config.endofchunk_token_id is None or self.generation_config is None:
-            return
-        eos = self.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if self.config.endofchunk_token_id not in eos:
-            self.generation_config.eos_token_id = eos + [self.config.endofchunk_token_id]
+        stop_at_endofchunk(self)
 
     @property
     def merge_schedule(self) -> MergeSchedule | None:

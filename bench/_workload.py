@@ -109,9 +109,9 @@ def register_open_clip_vit(vision: dict) -> str:
     return name
 
 
-def build_openflamingo(shape: dict, lm_dir: Path, freeze_lm_embeddings: bool = False):
-    """OpenFlamingo through its own factory: cross-attention before every decoder layer, vision tower and LM frozen,
-    perceiver + cross-attention (+ LM input embeddings unless `freeze_lm_embeddings`) trainable."""
+def build_openflamingo(shape: dict, lm_dir: Path, freeze_lm_embeddings: bool = False, cross_attn_every_n_layers: int = 1):
+    """OpenFlamingo through its own factory: cross-attention before every (n-th) decoder layer, vision tower and LM
+    frozen, perceiver + cross-attention (+ LM input embeddings unless `freeze_lm_embeddings`) trainable."""
     from open_flamingo import create_model_and_transforms
 
     model, _, _ = create_model_and_transforms(
@@ -119,7 +119,7 @@ def build_openflamingo(shape: dict, lm_dir: Path, freeze_lm_embeddings: bool = F
         clip_vision_encoder_pretrained=None,
         lang_encoder_path=str(lm_dir),
         tokenizer_path=str(lm_dir),
-        cross_attn_every_n_layers=1,
+        cross_attn_every_n_layers=cross_attn_every_n_layers,
         use_local_files=True,
         freeze_lm_embeddings=freeze_lm_embeddings,
     )

@@ -20,7 +20,8 @@ class CosmoConfig(PreTrainedConfig):
     Args:
         vision_config: sub-config of the vision tower (default: CLIP ViT-L/14 shapes).
         text_config: sub-config of the causal LM (default: OPT-IML-1.3B shapes).
-        unimodal_depth: number of text-only lower decoder layers (default: half of the LM).
+        unimodal_depth: number of text-only lower decoder layers (default: half of the LM). 0 puts a cross-attention
+            block before the first layer (Flamingo's layout); the text embedding then pools the token embeddings.
         cross_attention_interval: insert a cross-attention block every this many upper layers.
         cross_attention_compress_ratio: divides the inner widths of the cross-attention blocks (bottleneck).
         cross_attention_heads / cross_attention_head_dim / cross_attention_ff_mult: cross-attention block shape.
@@ -29,6 +30,10 @@ class CosmoConfig(PreTrainedConfig):
         max_num_frames: frames per video the temporal embeddings cover.
         max_num_media: media per sample the media-position embeddings cover (0 disables them).
         vision_feature_layer: hidden-state index of the vision tower fed to the resampler.
+        vision_feature_select_strategy: `"full"` feeds every token of that layer (CLS included) to the resampler,
+            `"default"` drops the first (CLS) token, as transformers' LLaVA and open_clip-based Flamingos do.
+        resampler_extra_latents_as_keys: the learned latents also attend to the extra (contrastive) latent, as in the
+            CosMo reference; False keeps them independent of it (exact OpenFlamingo conversions, which have none).
         contrastive_dim: width of the joint image-text embedding space.
         contrastive_loss_weight: weight `w` of the contrastive term in `loss = lm_loss + w * contrastive_loss`.
         logit_scale_init_value: initial log logit scale (0.2 as the CosMo reference; CLIP uses 2.6592).
@@ -81,6 +86,8 @@ class CosmoConfig(PreTrainedConfig):
     max_num_frames: int = 8
     max_num_media: int = 32
     vision_feature_layer: int = -1
+    vision_feature_select_strategy: str = "full"
+    resampler_extra_latents_as_keys: bool = True
     contrastive_dim: int = 512
     contrastive_loss_weight: float = 1.0
     logit_scale_init_value: float = 0.2
@@ -102,10 +109,15 @@ class CosmoConfig(PreTrainedConfig):
         self._check_ranges(num_layers)
 
     def _check_ranges(self, num_layers: int) -> None:
-        if not 1 <= self.unimodal_depth < num_layers:
+        if not 0 <= self.unimodal_depth < num_layers:
             raise ValueError(
-                f"unimodal_depth={self.unimodal_depth} must be in [1, {num_layers}) for a {num_layers}-layer LM; "
+                f"unimodal_depth={self.unimodal_depth} must be in [0, {num_layers}) for a {num_layers}-layer LM; "
                 "set it to the number of text-only lower layers (CosMo uses half the depth)."
+            )
+        if self.vision_feature_select_strategy not in ("full", "default"):
+            raise ValueError(
+                f"vision_feature_select_strategy={self.vision_feature_select_strategy!r} must be 'full' (all tokens) "
+                "or 'default' (drop the CLS token)."
             )
         for name in ("cross_attention_interval", "cross_attention_compress_ratio", "num_latents", "max_num_frames"):
             if getattr(self, name) < 1:

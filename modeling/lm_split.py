@@ -2,7 +2,8 @@
 
 Every decoder layer is wrapped by `MultimodalDecoderLayer`. The wrapper takes the per-call `VisualContext` as a
 keyword argument (transformers decoders forward their ``**kwargs`` to each layer), runs an optional gated
-cross-attention block before the wrapped layer, and records the output of the last text-only layer.
+cross-attention block before the wrapped layer, and records the output of the last text-only layer (with no
+text-only layer, `unimodal_depth=0`, the input of the first layer: the token embeddings).
 """
 
 import torch
@@ -33,12 +34,20 @@ def find_decoder_layers(language_model: nn.Module, num_layers: int) -> tuple[nn.
 class MultimodalDecoderLayer(nn.Module):
     """A decoder layer with an optional gated cross-attention block run before it."""
 
-    def __init__(self, layer: nn.Module, layer_idx: int, cross_attention: nn.Module | None, is_split_output: bool):
+    def __init__(
+        self,
+        layer: nn.Module,
+        layer_idx: int,
+        cross_attention: nn.Module | None,
+        is_split_output: bool,
+        is_split_input: bool = False,
+    ):
         super().__init__()
         self.layer = layer
         self.cross_attention = cross_attention
         self.layer_idx = layer_idx
         self.is_split_output = is_split_output
+        self.is_split_input = is_split_input
 
     def __getattr__(self, name: str):
         # Decoders read attributes of their layers (e.g. `attention_type` for sliding windows): delegate them.
@@ -48,6 +57,10 @@ class MultimodalDecoderLayer(nn.Module):
             return getattr(self._modules["layer"], name)
 
     def forward(self, hidden_states: torch.Tensor, *args, visual_context: VisualContext | None = None, **kwargs):
+        if self.is_split_input and visual_context is not None:
+            visual_context.split_hidden = hidden_states
+            if visual_context.stop_at_split:
+                raise StopAtSplit
         if self.cross_attention is not None and visual_context is not None and visual_context.has_media:
             hidden_states = self.cross_attention(hidden_states, visual_context)
         outputs = self.layer(hidden_states, *args, **kwargs)
@@ -62,7 +75,8 @@ def split_language_model(language_model: nn.Module, config, make_cross_attention
     """Wrap the decoder layers of `language_model` in place; returns the new layer list.
 
     `make_cross_attention(layer_idx)` builds the block inserted before layer `layer_idx` (for the layers listed by
-    `config.cross_attention_layer_ids`); the output of layer `config.unimodal_depth - 1` is the split point.
+    `config.cross_attention_layer_ids`); the output of layer `config.unimodal_depth - 1` is the split point (the
+    input of layer 0 when `unimodal_depth` is 0).
     """
     num_layers = config.text_config.num_hidden_layers
     parent, attr, layers = find_decoder_layers(language_model, num_layers)
@@ -74,6 +88,7 @@ def split_language_model(language_model: nn.Module, config, make_cross_attention
                 idx,
                 make_cross_attention(idx) if idx in xattn_ids else None,
                 is_split_output=idx == config.unimodal_depth - 1,
+                is_split_input=idx == 0 and config.unimodal_depth == 0,
             )
             for idx, layer in enumerate(layers)
         ]

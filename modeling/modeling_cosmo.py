@@ -142,6 +142,7 @@ class CosmoModel(CosmoPreTrainedModel):
             config.max_num_frames,
             config.max_num_media,
             num_extra_latents=1,
+            extra_latents_as_keys=config.resampler_extra_latents_as_keys,
         )
         split_language_model(
             self.language_model,
@@ -177,12 +178,13 @@ class CosmoModel(CosmoPreTrainedModel):
 
     # ----------------------------------------------------------------------------------------------- media
     def _vision_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, P, Dv) tokens of the configured vision layer."""
+        """(N, C, H, W) -> (N, P, Dv) tokens of the configured vision layer (CLS dropped with strategy "default")."""
         layer = self.config.vision_feature_layer
         train_tower = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_model.parameters())
         with torch.set_grad_enabled(train_tower):
             out = self.vision_model(pixel_values=frames, output_hidden_states=layer != -1)
-        return out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        return features[:, 1:] if self.config.vision_feature_select_strategy == "default" else features
 
     def encode_media(
         self,

@@ -19,15 +19,26 @@ class PerceiverAttention(nn.Module):
         self.to_kv = nn.Linear(dim, 2 * inner, bias=False)
         self.to_out = nn.Linear(inner, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # x: (N, S, D) media tokens; latents: (N, L, D); key_mask: (N, S) bool, True = real token
+    def forward(
+        self,
+        x: torch.Tensor,
+        latents: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        latent_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # x: (N, S, D) media tokens; latents: (N, L, D); key_mask: (N, S) bool, True = real token;
+        # latent_mask: (L, L) bool, True = latent i may attend to latent j
         x = self.norm_media(x)
         latents = self.norm_latents(latents)
         k, v = self.to_kv(torch.cat([x, latents], dim=1)).chunk(2, dim=-1)  # (N, S+L, inner)
         mask = None
-        if key_mask is not None:
-            latent_keys = key_mask.new_ones(latents.shape[:2])
-            mask = torch.cat([key_mask, latent_keys], dim=1)[:, None, None, :]  # (N, 1, 1, S+L)
+        if key_mask is not None or latent_mask is not None:
+            n, s, l = x.shape[0], x.shape[1], latents.shape[1]
+            media_keys = x.new_ones(n, s, dtype=torch.bool) if key_mask is None else key_mask.bool()
+            latent_keys = latents.new_ones(l, l, dtype=torch.bool) if latent_mask is None else latent_mask
+            mask = torch.cat(
+                [media_keys[:, None, :].expand(n, l, s), latent_keys[None].expand(n, l, l)], dim=2
+            )[:, None]  # (N, 1, L, S+L)
         return self.to_out(multihead_attention(self.to_q(latents), k, v, self.heads, mask))
 
 
@@ -39,8 +50,14 @@ class PerceiverLayer(nn.Module):
         self.attn = PerceiverAttention(dim, heads, head_dim)
         self.ff = FeedForward(dim, dim * ff_mult)
 
-    def forward(self, x: torch.Tensor, latents: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        latents = latents + self.attn(x, latents, key_mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        latents: torch.Tensor,
+        key_mask: torch.Tensor | None = None,
+        latent_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        latents = latents + self.attn(x, latents, key_mask, latent_mask)
         return latents + self.ff(latents)
 
 
@@ -49,7 +66,8 @@ class PerceiverResampler(nn.Module):
 
     Frame (temporal) embeddings tell frames of a video apart; media-position embeddings tell the media of an
     interleaved document apart. The extra latents (CosMo: one) are not seen by the LM: they carry the image
-    embedding of the contrastive loss.
+    embedding of the contrastive loss. With ``extra_latents_as_keys=False`` the learned latents do not attend to
+    the extra ones, so the latents the LM sees do not depend on them (an OpenFlamingo resampler exactly).
     """
 
     def __init__(
@@ -63,9 +81,11 @@ class PerceiverResampler(nn.Module):
         max_num_frames: int,
         max_num_media: int = 0,
         num_extra_latents: int = 1,
+        extra_latents_as_keys: bool = True,
     ):
         super().__init__()
         self.num_latents = num_latents
+        self.extra_latents_as_keys = extra_latents_as_keys
         self.latents = nn.Parameter(torch.randn(num_latents + num_extra_latents, dim) * 0.02)
         self.frame_embeddings = nn.Parameter(torch.zeros(max_num_frames, dim))
         self.media_position_embeddings = nn.Parameter(torch.zeros(max_num_media, dim)) if max_num_media else None
@@ -93,6 +113,11 @@ class PerceiverResampler(nn.Module):
         x = x.reshape(n, f * p, d)  # (N, F*P, D)
         key_mask = None if frame_mask is None else frame_mask[:, :, None].expand(n, f, p).reshape(n, f * p)
         latents = self.latents.to(x.dtype).unsqueeze(0).expand(n, -1, -1)  # (N, L+extra, D)
+        latent_mask = None
+        if not self.extra_latents_as_keys:
+            total = self.latents.shape[0]
+            latent_mask = torch.ones(total, total, dtype=torch.bool, device=x.device)
+            latent_mask[: self.num_latents, self.num_latents :] = False  # (L+extra, L+extra)
         for layer in self.layers:
-            latents = layer(x, latents, key_mask)
+            latents = layer(x, latents, key_mask, latent_mask)
         return self.norm(latents)

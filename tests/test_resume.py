@@ -1,4 +1,5 @@
-"""A run killed with SIGKILL after a checkpoint resumes to the same losses and data order as an uninterrupted run."""
+"""A run killed with SIGKILL after a checkpoint resumes to the same losses and data order as an uninterrupted run;
+its checkpoints hold only safetensors and JSON files (no pickles)."""
 
 import json
 import os
@@ -58,3 +59,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
                 assert abs(ours - theirs) < 1e-4, (step, resumed[step], values)
     last = Path(last_complete_checkpoint(tmp_path / "killed"))
     assert (last / "model.safetensors").exists() and not (last / "pytorch_model.bin").exists()
+    for folder in [*(tmp_path / "full").glob("checkpoint-*"), *(tmp_path / "killed").glob("checkpoint-*")]:
+        names = [p.name for p in folder.iterdir()]
+        assert names and all(n.endswith((".safetensors", ".json")) for n in names), (folder.name, names)
+    assert {"optimizer.safetensors", "scheduler.json", "rng_state.safetensors", "training_args.json"} <= {
+        p.name for p in last.iterdir()}

@@ -7,7 +7,7 @@ from .callbacks import (
     ScheduleCallback,
     schedule_value,
 )
-from .checkpoints import last_complete_checkpoint, resolve_resume
+from .checkpoints import SafetensorsCheckpointMixin, last_complete_checkpoint, resolve_resume
 from .cosmo_config import CosmoTrainingArguments
 from .cosmo_trainer import CosmoTrainer
 from .losses import distributed_contrastive_loss, gather_with_grad
@@ -22,6 +22,7 @@ __all__ = [
     "LossMeter",
     "LossWeightWarmupCallback",
     "MomentumScheduleCallback",
+    "SafetensorsCheckpointMixin",
     "ScheduleCallback",
     "VLTrainer",
     "VLTrainingArguments",

@@ -17,6 +17,7 @@ import torch.distributed as dist
 from transformers import Trainer
 from transformers.trainer_utils import unwrap_peft_model
 
+from .checkpoints import SafetensorsCheckpointMixin
 from .losses import distributed_contrastive_loss, world
 
 LOSS_KINDS: dict[str, str] = {
@@ -96,7 +97,7 @@ class LossMeter:
         return {n: float(s / c) for n, (s, c) in zip(names, values.tolist()) if c > 0}
 
 
-class VLTrainer(Trainer):
+class VLTrainer(SafetensorsCheckpointMixin, Trainer):
     """`Trainer` that builds the loss from the model's component losses, exact under gradient accumulation and
     DDP; recomputes the contrastive term against every process's embeddings; logs each component (unweighted,
     averaged over the logging window and the processes) next to `loss`, and as `eval_<name>` when evaluating.

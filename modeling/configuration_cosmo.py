@@ -25,6 +25,8 @@ class CosmoConfig(PreTrainedConfig):
         cross_attention_interval: insert a cross-attention block every this many upper layers.
         cross_attention_compress_ratio: divides the inner widths of the cross-attention blocks (bottleneck).
         cross_attention_heads / cross_attention_head_dim / cross_attention_ff_mult: cross-attention block shape.
+        cross_attention_gate_init: initial value of the tanh gates (0: the LM starts exactly as the text model, as
+            Flamingo; an LM trained from scratch has nothing to preserve and learns faster with open gates).
         num_latents: learned latents of the resampler (one more is appended for the contrastive image embedding).
         resampler_depth / resampler_heads / resampler_head_dim / resampler_ff_mult: Perceiver resampler shape.
         max_num_frames: frames per video the temporal embeddings cover.
@@ -34,6 +36,8 @@ class CosmoConfig(PreTrainedConfig):
             `"default"` drops the first (CLS) token, as transformers' LLaVA and open_clip-based Flamingos do.
         resampler_extra_latents_as_keys: the learned latents also attend to the extra (contrastive) latent, as in the
             CosMo reference; False keeps them independent of it (exact OpenFlamingo conversions, which have none).
+        resampler_spatial_tokens: learned spatial embeddings for this many vision tokens per frame, added before
+            the resampler (0: none, as the papers; towers trained from scratch need them to keep object positions).
         contrastive_dim: width of the joint image-text embedding space.
         contrastive_loss_weight: weight `w` of the contrastive term in `loss = lm_loss + w * contrastive_loss`.
         logit_scale_init_value: initial log logit scale (0.2 as the CosMo reference; CLIP uses 2.6592).
@@ -78,6 +82,7 @@ class CosmoConfig(PreTrainedConfig):
     cross_attention_heads: int = 8
     cross_attention_head_dim: int = 64
     cross_attention_ff_mult: int = 4
+    cross_attention_gate_init: float = 0.0
     num_latents: int = 64
     resampler_depth: int = 6
     resampler_heads: int = 8
@@ -88,6 +93,7 @@ class CosmoConfig(PreTrainedConfig):
     vision_feature_layer: int = -1
     vision_feature_select_strategy: str = "full"
     resampler_extra_latents_as_keys: bool = True
+    resampler_spatial_tokens: int = 0
     contrastive_dim: int = 512
     contrastive_loss_weight: float = 1.0
     logit_scale_init_value: float = 0.2

@@ -36,10 +36,19 @@ class MaskedCrossAttention(nn.Module):
 
 
 class GatedCrossAttentionBlock(GradientCheckpointingLayer):
-    """x <- x + tanh(a) * xattn(x, media); x <- x + tanh(b) * ff(x); gates a = b = 0 at init (LM unchanged)."""
+    """x <- x + tanh(a) * xattn(x, media); x <- x + tanh(b) * ff(x); gates a = b = `gate_init` (default 0: the LM
+    is unchanged at init)."""
 
     def __init__(
-        self, dim: int, media_dim: int, heads: int, head_dim: int, ff_mult: int, compress_ratio: int, layer_idx: int
+        self,
+        dim: int,
+        media_dim: int,
+        heads: int,
+        head_dim: int,
+        ff_mult: int,
+        compress_ratio: int,
+        layer_idx: int,
+        gate_init: float = 0.0,
     ):
         super().__init__()
         if heads % compress_ratio == 0:
@@ -48,9 +57,9 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
             head_dim = head_dim // compress_ratio
         self.layer_idx = layer_idx
         self.attn = MaskedCrossAttention(dim, media_dim, heads, head_dim)
-        self.attn_gate = nn.Parameter(torch.zeros(1))
+        self.attn_gate = nn.Parameter(torch.full((1,), float(gate_init)))
         self.ff = FeedForward(dim, dim * ff_mult // compress_ratio)
-        self.ff_gate = nn.Parameter(torch.zeros(1))
+        self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
 
     def forward(self, hidden_states: torch.Tensor, visual: VisualContext) -> torch.Tensor:
         keys_values = visual.kv_cache.get(self.layer_idx) if visual.kv_cache is not None else None

@@ -101,9 +101,11 @@ class CosmoPreTrainedModel(PreTrainedModel):
             init.zeros_(module.frame_embeddings)
             if module.media_position_embeddings is not None:
                 init.zeros_(module.media_position_embeddings)
+            if module.spatial_embeddings is not None:
+                init.normal_(module.spatial_embeddings, std=std)
         elif isinstance(module, GatedCrossAttentionBlock):
-            init.zeros_(module.attn_gate)
-            init.zeros_(module.ff_gate)
+            init.constant_(module.attn_gate, self.config.cross_attention_gate_init)
+            init.constant_(module.ff_gate, self.config.cross_attention_gate_init)
         elif isinstance(module, AttentionPooling):
             init.normal_(module.query, std=std)
         elif isinstance(module, LogitScale):
@@ -143,6 +145,7 @@ class CosmoModel(CosmoPreTrainedModel):
             config.max_num_media,
             num_extra_latents=1,
             extra_latents_as_keys=config.resampler_extra_latents_as_keys,
+            num_spatial_tokens=config.resampler_spatial_tokens,
         )
         split_language_model(
             self.language_model,
@@ -155,6 +158,7 @@ class CosmoModel(CosmoPreTrainedModel):
                 config.cross_attention_ff_mult,
                 config.cross_attention_compress_ratio,
                 layer_idx=idx,
+                gate_init=config.cross_attention_gate_init,
             ),
         )
         self.text_pooler = AttentionPooling(text_dim)

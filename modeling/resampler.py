@@ -82,6 +82,7 @@ class PerceiverResampler(nn.Module):
         max_num_media: int = 0,
         num_extra_latents: int = 1,
         extra_latents_as_keys: bool = True,
+        num_spatial_tokens: int = 0,
     ):
         super().__init__()
         self.num_latents = num_latents
@@ -89,6 +90,9 @@ class PerceiverResampler(nn.Module):
         self.latents = nn.Parameter(torch.randn(num_latents + num_extra_latents, dim) * 0.02)
         self.frame_embeddings = nn.Parameter(torch.zeros(max_num_frames, dim))
         self.media_position_embeddings = nn.Parameter(torch.zeros(max_num_media, dim)) if max_num_media else None
+        # Pooling by attention is blind to token order: these keep where each token came from (off in the papers,
+        # whose pretrained towers carry position in their features; a tower trained from scratch needs them).
+        self.spatial_embeddings = nn.Parameter(torch.zeros(num_spatial_tokens, dim)) if num_spatial_tokens else None
         self.layers = nn.ModuleList([PerceiverLayer(dim, heads, head_dim, ff_mult) for _ in range(depth)])
         self.norm = nn.LayerNorm(dim)
 
@@ -107,6 +111,13 @@ class PerceiverResampler(nn.Module):
                 "(processor num_frames=...) or raise max_num_frames in the config."
             )
         x = x + self.frame_embeddings[:f, None, :].to(x.dtype)  # (N, F, P, D)
+        if self.spatial_embeddings is not None:
+            if p != self.spatial_embeddings.shape[0]:
+                raise ValueError(
+                    f"Got {p} vision tokens per frame but the resampler has spatial embeddings for "
+                    f"{self.spatial_embeddings.shape[0]}; set resampler_spatial_tokens to {p} (or 0 to disable them)."
+                )
+            x = x + self.spatial_embeddings.to(x.dtype)  # (N, F, P, D)
         if self.media_position_embeddings is not None and media_positions is not None:
             positions = media_positions.clamp(max=self.media_position_embeddings.shape[0] - 1)
             x = x + self.media_position_embeddings[positions][:, None, None, :].to(x.dtype)

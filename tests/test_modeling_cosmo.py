@@ -313,3 +313,35 @@ def test_compress_ratio_shrinks_cross_attention():
     n_full = sum(p.numel() for n, p in full.named_parameters() if ".cross_attention." in n)
     n_half = sum(p.numel() for n, p in half.named_parameters() if ".cross_attention." in n)
     assert n_half < 0.6 * n_full
+
+
+def test_gate_init_option_opens_the_gates_and_survives_save_load(tmp_path):
+    model = CosmoForConditionalGeneration(tiny_cosmo_config("llama", cross_attention_gate_init=0.5))
+    gates = [p for n, p in model.named_parameters() if n.endswith(("attn_gate", "ff_gate"))]
+    assert gates and all(torch.equal(g, torch.full((1,), 0.5)) for g in gates)
+    model.save_pretrained(tmp_path)
+    loaded = CosmoForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.cross_attention_gate_init == 0.5
+    ids, pixel_values, media_mask = make_batch([[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            loaded(input_ids=ids, pixel_values=pixel_values, media_mask=media_mask).logits,
+            model(input_ids=ids, pixel_values=pixel_values, media_mask=media_mask).logits,
+        )
+
+
+def test_spatial_embeddings_make_the_resampler_order_aware():
+    from cosmo_vl.modeling.resampler import PerceiverResampler
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 1, 5, 8)  # (N, F, P, D)
+    perm = torch.tensor([4, 2, 0, 3, 1])
+    plain = PerceiverResampler(8, 3, 1, 2, 4, 2, max_num_frames=2)
+    # Attention pooling alone is blind to token order ...
+    torch.testing.assert_close(plain(x), plain(x[:, :, perm]))
+    spatial = PerceiverResampler(8, 3, 1, 2, 4, 2, max_num_frames=2, num_spatial_tokens=5)
+    torch.nn.init.normal_(spatial.spatial_embeddings, std=1.0)
+    # ... the spatial embeddings tell the same tokens in another order apart.
+    assert not torch.allclose(spatial(x), spatial(x[:, :, perm]), atol=1e-4)
+    with pytest.raises(ValueError, match="resampler_spatial_tokens to 4"):
+        spatial(x[:, :, :4])

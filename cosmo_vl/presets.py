@@ -4,7 +4,8 @@
     model = CosmoForConditionalGeneration(get_config("cosmo-tiny"))
 
 `cosmo-tiny` is the embedded default: a tiny CLIP-style ViT and a tiny Llama-style LM with the embedded
-byte-level tokenizer, so everything runs offline. The other presets have the shapes of the released CosMo
+byte-level tokenizer, so everything runs offline. `simvlg-tiny`, `pformer-tiny` and `blip2-tiny` (transformers'
+`Blip2Config`: tiny ViT, tiny Q-Former, the LM of `cosmo-tiny`) reuse those towers. The other presets have the shapes of the released CosMo
 sizes (CLIP ViT-L/14 with OPT-IML-1.3B, RedPajama-INCITE-3B and Mistral-7B); build them on the meta device to
 inspect them, or use `CosmoForConditionalGeneration.from_backbones` to load real towers.
 """
@@ -108,6 +109,58 @@ def _simvlg_tiny() -> SimVlgConfig:
     )
 
 
+BLIP2_IMAGE_TOKEN = "<image>"
+
+
+def _blip2_tokenizer():
+    """The embedded tokenizer plus BLIP-2's `<image>` placeholder (appended as id 2048, as `Blip2Processor` would)."""
+    from transformers import AddedToken
+
+    tokenizer = load_default_tokenizer()
+    tokenizer.add_tokens([AddedToken(BLIP2_IMAGE_TOKEN, normalized=False, special=True)], special_tokens=True)
+    return tokenizer
+
+
+def _blip2_tiny():
+    """BLIP-2 (transformers' `Blip2Config`) on tiny towers: a 2-layer ViT (32 px, 4 px patches: 65 tokens), a
+    2-layer Q-Former with text input (stage 1) and 8 queries, and the Llama-style LM of `cosmo-tiny`; vocabularies
+    include `<image>`."""
+    from transformers import Blip2Config, Blip2QFormerConfig, Blip2VisionConfig
+
+    tokenizer = _blip2_tokenizer()
+    text = _cosmo_tiny().text_config
+    text.vocab_size = len(tokenizer)
+    # Blip2VisionConfig initialises with std 1e-10 (meant to be overwritten by pretrained weights): from scratch, 0.02.
+    # 4 px patches resolve the shape and place of 8 px objects, as in cosmo-tiny.
+    vision = Blip2VisionConfig(
+        hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, patch_size=4, image_size=32,
+        initializer_range=0.02,
+    )
+    qformer = Blip2QFormerConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        cross_attention_frequency=1,
+        max_position_embeddings=128,
+        pad_token_id=tokenizer.pad_token_id,
+        use_qformer_text_input=True,
+        # ~1/sqrt(width), as cosmo-tiny's resampler: at 0.02 the queries attend uniformly (background only) for
+        # about a thousand steps; here image-text contrast starts within a few hundred.
+        initializer_range=0.08,
+    )
+    return Blip2Config(
+        vision_config=vision,
+        qformer_config=qformer,
+        text_config=text,
+        num_query_tokens=8,
+        image_text_hidden_size=64,
+        image_token_index=tokenizer.convert_tokens_to_ids(BLIP2_IMAGE_TOKEN),
+        initializer_range=0.08,
+    )
+
+
 def _released(text, unimodal_depth: int, interval: int) -> CosmoConfig:
     ids = _special_token_ids()
     return CosmoConfig(
@@ -205,8 +258,9 @@ _CONFIGS: dict[str, Callable] = {
     "cosmo-8b": _cosmo_8b,
     "pformer-tiny": _pformer_tiny,
     "simvlg-tiny": _simvlg_tiny,
+    "blip2-tiny": _blip2_tiny,
 }
-_IMAGE_SIZES = {"simvlg-tiny": 32, "cosmo-tiny": 32}
+_IMAGE_SIZES = {"simvlg-tiny": 32, "cosmo-tiny": 32, "blip2-tiny": 32}
 
 
 def register_preset(name: str, config_fn: Callable, image_size: int = 224) -> None:
@@ -231,11 +285,21 @@ def get_config(name: str, **overrides):
     return config
 
 
-def get_processor(name: str, tokenizer=None, **kwargs) -> CosmoProcessor:
+def get_processor(name: str, tokenizer=None, **kwargs) -> "CosmoProcessor | Blip2Processor":
     """The processor of preset `name`: a CLIP image processor at the preset's resolution and the embedded
-    byte-level tokenizer (or `tokenizer`, e.g. the LM's own when towers are loaded from the Hub)."""
+    byte-level tokenizer (or `tokenizer`, e.g. the LM's own when towers are loaded from the Hub). BLIP-2 presets
+    get transformers' `Blip2Processor` (BLIP image processor, tokenizer with `<image>`, the preset's query count)."""
     if name not in _CONFIGS:
         raise KeyError(f"Unknown preset {name!r}; available: {', '.join(list_presets())}.")
+    if name.startswith("blip2"):
+        from transformers import BlipImageProcessorPil, Blip2Processor
+
+        size = _IMAGE_SIZES.get(name, 224)
+        return Blip2Processor(
+            BlipImageProcessorPil(size={"height": size, "width": size}, **kwargs),
+            tokenizer if tokenizer is not None else _blip2_tokenizer(),
+            num_query_tokens=get_config(name).num_query_tokens,
+        )
     processor = load_default_processor(image_size=_IMAGE_SIZES.get(name, 224), **kwargs)
     if tokenizer is not None:
         processor.tokenizer = tokenizer

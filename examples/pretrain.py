@@ -1,6 +1,7 @@
 """Pretrain a CosMo model, evaluate it on held-out data, and save a Hub-ready folder.
 
     accelerate launch examples/pretrain.py                       # cosmo-tiny on the embedded generated data
+    accelerate launch examples/pretrain.py --model_type simvlg   # SimVLG (simvlg-tiny); blip2 [--pformer DIR]: BLIP-2
     accelerate launch examples/pretrain.py --dataset path/to/imagefolder --image_column image --text_column text
     accelerate launch --num_processes 2 --cpu examples/pretrain.py --max_steps 200   # DDP (gloo)
     accelerate launch examples/pretrain.py --vision_model openai/clip-vit-large-patch14 --text_model facebook/opt-iml-1.3b
@@ -24,13 +25,16 @@ from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, traina
 from cosmo_vl.presets import get_config, get_processor, list_presets
 from cosmo_vl.processing import EMBEDDED_DATASETS, RoundRobinBatches, VLCollator, load_any, zero_shot_prompts
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
+from cosmo_vl.trainers.recipes import RecipeArguments, run_recipe
 
 logger = logging.getLogger("pretrain")
 
 
 @dataclass
 class ScriptArguments:
-    model_type: str = field(default="cosmo", metadata={"help": "Architecture: cosmo."})
+    model_type: str = field(
+        default="cosmo", metadata={"help": "Architecture: cosmo, simvlg or blip2 (see cosmo_vl.trainers.recipes)."}
+    )
     config: str = field(default="cosmo-tiny", metadata={"help": f"Preset ({', '.join(list_presets())}) or config path."})
     vision_model: str | None = field(default=None, metadata={"help": "Pretrained vision tower (path or Hub id)."})
     text_model: str | None = field(default=None, metadata={"help": "Pretrained causal LM (path or Hub id)."})
@@ -159,11 +163,13 @@ def save_hub_folder(model, processor, results: dict, args: ScriptArguments, trai
 
 
 def main(argv=None):
-    parser = HfArgumentParser((ScriptArguments, CosmoTrainingArguments))
+    parser = HfArgumentParser((ScriptArguments, RecipeArguments, CosmoTrainingArguments))
     parser.set_defaults(**DEFAULTS)
-    args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
     set_seed(training_args.seed)
+    if args.model_type != "cosmo":  # SimVLG and BLIP-2: cosmo_vl/trainers/{simvlg,blip2}_recipe.py
+        return run_recipe(args, recipe_args, training_args, cosmo_defaults=DEFAULTS)
 
     model = build_model(args)
     processor = build_processor(args, model)

@@ -42,8 +42,36 @@ def eval_results_from_json(results: dict, model_name: str, dataset_name: str, da
     return out
 
 
+GENERATIVE_INTENDED_USE = (
+    "Research on vision-language pretraining: captioning and visual question answering (no contrastive head, so "
+    "no retrieval or zero-shot classification). The model inherits the biases of its towers and training data; it "
+    "is not evaluated for safety-critical or surveillance uses."
+)
+
+
 def _family(config) -> str:
     return type(config).__name__.replace("Config", "")
+
+
+def _architecture(config) -> tuple[str, list[str], dict]:
+    """(template file, tags, architecture-specific template fields) of a CosMo, SimVLG or BLIP-2 config."""
+    common = ["cosmo-vl", "vision-language", "image-text-to-text", "multimodal"]
+    if config.model_type == "simvlg":
+        return "simvlg.md", common[:1] + ["simvlg", "token-merging"] + common[1:], {
+            "connector_layers": config.connector_num_layers,
+            "merge_r": config.connector_merge_schedule,
+        }
+    if config.model_type == "blip-2":
+        return "blip2.md", common[:1] + ["blip-2"] + common[1:], {
+            "qformer_layers": config.qformer_config.num_hidden_layers,
+            "num_query_tokens": config.num_query_tokens,
+        }
+    return "cosmo.md", common[:1] + ["cosmo"] + common[1:], {
+        "num_latents": config.num_latents,
+        "unimodal_depth": config.unimodal_depth,
+        "num_layers": config.text_config.num_hidden_layers,
+        "interval": config.cross_attention_interval,
+    }
 
 
 def build_model_card(
@@ -56,20 +84,21 @@ def build_model_card(
     datasets: list[str] | None = None,
     hyperparameters: dict | None = None,
     license: str = "apache-2.0",
-    intended_use: str = DEFAULT_INTENDED_USE,
+    intended_use: str | None = None,
     widget: list[dict] | None = None,
 ) -> ModelCard:
-    """A filled model card for a CosMo model (metadata built by ModelCardData, body by the family template)."""
+    """A filled model card for a CosMo, SimVLG or BLIP-2 model (metadata built by ModelCardData, body by the
+    architecture's template)."""
     from cosmo_vl.modeling import trainable_parameters
 
-    config = model.config
     model_name = repo_id.split("/")[-1]
+    template, tags, fields = _architecture(model.config)
     results = eval_results_from_json(eval_results or {}, model_name, dataset_name, dataset_type)
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-text-to-text",
         license=license,
-        tags=["cosmo-vl", "cosmo", "vision-language", "image-text-to-text", "multimodal"],
+        tags=tags,
         base_model=base_models or None,
         datasets=datasets or None,
         model_name=model_name,
@@ -79,20 +108,17 @@ def build_model_card(
     trainable, total, fraction = trainable_parameters(model)
     return ModelCard.from_template(
         card_data,
-        template_path=str(TEMPLATES / "cosmo.md"),
+        template_path=str(TEMPLATES / template),
         model_name=model_name,
         repo_id=repo_id,
-        vision_family=_family(config.vision_config),
-        text_family=_family(config.text_config),
-        num_latents=config.num_latents,
-        unimodal_depth=config.unimodal_depth,
-        num_layers=config.text_config.num_hidden_layers,
-        interval=config.cross_attention_interval,
+        vision_family=_family(model.config.vision_config),
+        text_family=_family(model.config.text_config),
+        **fields,
         trainable=f"{trainable:,}",
         total=f"{total:,}",
         trainable_pct=f"{100 * fraction:.1f}",
         hyperparameters=hyperparameters or {},
         datasets_description=", ".join(datasets or []),
         results=results,
-        intended_use=intended_use,
+        intended_use=intended_use or (DEFAULT_INTENDED_USE if template == "cosmo.md" else GENERATIVE_INTENDED_USE),
     )

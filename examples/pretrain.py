@@ -23,9 +23,9 @@ from cosmo_vl import evaluation
 from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
 from cosmo_vl.presets import get_config, get_processor, list_presets
-from cosmo_vl.processing import EMBEDDED_DATASETS, RoundRobinBatches, VLCollator, load_any, zero_shot_prompts
+from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, zero_shot_prompts
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
-from cosmo_vl.trainers.recipes import RecipeArguments, run_recipe
+from cosmo_vl.trainers.recipes import RecipeArguments, load_training_data, merge_split_results, run_recipe
 
 logger = logging.getLogger("pretrain")
 
@@ -74,16 +74,6 @@ DEFAULTS = dict(
     seed=0,
     remove_unused_columns=False,
 )
-
-
-def _name_and_ratio(part: str) -> tuple[str, str]:
-    """'name:0.3' -> ('name', '0.3'); a part without a numeric suffix has ratio 1."""
-    name, _, ratio = part.rpartition(":")
-    try:
-        float(ratio)
-    except ValueError:
-        return part, "1"
-    return (name, ratio) if name else (part, "1")
 
 
 def build_model(args: ScriptArguments) -> CosmoForConditionalGeneration:
@@ -176,35 +166,9 @@ def main(argv=None):
     trainable, total, fraction = trainable_parameters(model)
     logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
 
-    specs = [_name_and_ratio(part) for part in args.dataset.split(",")]
-    args.dataset = specs[0][0]
-    data = load_any(args.dataset, image_column=args.image_column, text_column=args.text_column)
-    train_data = data["train"]
-    if args.max_train_samples:
-        train_data = train_data.select(range(min(args.max_train_samples, len(train_data))))
-    if len(specs) > 1:
-        # Batch-by-batch round robin: each batch is pairs, interleaved documents or videos, never a mix.
-        sources = [train_data] + [load_any(name)["train"] for name, _ in specs[1:]]
-        steps = training_args.max_steps if training_args.max_steps > 0 else None
-        train_data = RoundRobinBatches(
-            sources, [float(r) for _, r in specs], training_args.per_device_train_batch_size,
-            num_batches=None if steps is None else steps * training_args.gradient_accumulation_steps
-            * training_args.world_size, group=training_args.world_size, seed=training_args.seed,
-            names=[name for name, _ in specs],
-        )
-        training_args.train_sampling_strategy = "sequential"
-    eval_splits = {}
-    if args.eval_dataset:
-        eval_all = load_any(args.eval_dataset, image_column=args.image_column, text_column=args.text_column)
-        eval_splits["eval"] = eval_all["test"] if "test" in eval_all else eval_all["train"]
-    elif "test" in data:
-        # Embedded corpora: `test` holds unseen colour x shape combinations, `test_iid` unseen scenes of seen ones.
-        eval_splits = {name: data[name] for name in ("test", "test_iid") if name in data}
-    else:
-        split = train_data.train_test_split(test_size=min(0.1, args.max_eval_samples / max(1, len(train_data))), seed=0)
-        train_data, eval_splits["eval"] = split["train"], split["test"]
-    if args.image_column != "image" or args.text_column != "text":
-        args.image_column, args.text_column = "image", "text"  # load_any renamed them
+    train_data, eval_splits, _ = load_training_data(args, training_args)
+    # CosMo's evaluation here is image-based; held-out video splits are evaluated with examples/evaluate.py.
+    eval_splits = {name: split for name, split in eval_splits.items() if not name.startswith("video_")}
 
     collator = VLCollator(
         processor, image_column=args.image_column, text_column=args.text_column, max_length=args.max_length,
@@ -219,11 +183,8 @@ def main(argv=None):
     if trainer.is_world_process_zero() and args.final_evaluation:
         model.eval()
         results = {"train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}
-        for name, split in eval_splits.items():
-            split_results = evaluate_split(model, processor, split, args)
-            results.update({f"{name}/{k}": v for k, v in split_results.items()})
-        primary = next(iter(eval_splits))
-        results.update({k.split("/", 1)[1]: v for k, v in results.items() if k.startswith(primary + "/")})
+        merge_split_results(results, {name: evaluate_split(model, processor, split, args)
+                                      for name, split in eval_splits.items()})
         results["skipped_samples"] = dict(collator.stats.counts)
         out = Path(training_args.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -22,10 +22,10 @@ import cosmo_vl
 from cosmo_vl import evaluation
 from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
-from cosmo_vl.presets import get_config, get_processor, list_presets
+from cosmo_vl.presets import get_config, list_presets
 from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, zero_shot_prompts
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
-from cosmo_vl.trainers.recipes import RecipeArguments, load_training_data, merge_split_results, run_recipe
+from cosmo_vl.trainers.recipes import RecipeArguments, build_processor, load_training_data, merge_split_results, run_recipe
 
 logger = logging.getLogger("pretrain")
 
@@ -87,26 +87,6 @@ def build_model(args: ScriptArguments) -> CosmoForConditionalGeneration:
     return CosmoForConditionalGeneration(config)
 
 
-def build_processor(args: ScriptArguments, model):
-    if args.processor:
-        from transformers import AutoProcessor
-
-        return AutoProcessor.from_pretrained(args.processor)
-    processor = get_processor(args.config if args.config in list_presets() else "cosmo-tiny")
-    if args.text_model:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.text_model)
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<visual>", "<|endofchunk|>"]})
-        if tokenizer.pad_token is None:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        processor.tokenizer = tokenizer
-        model.resize_token_embeddings(len(tokenizer))
-        model.config.media_token_id = processor.media_token_id
-        model.config.endofchunk_token_id = processor.endofchunk_token_id
-    return processor
-
-
 def evaluate_split(model, processor, data, args: ScriptArguments) -> dict:
     """Zero-shot classification, image<->text retrieval and captioning on one held-out split."""
     data = data.select(range(min(len(data), args.max_eval_samples)))
@@ -162,7 +142,7 @@ def main(argv=None):
         return run_recipe(args, recipe_args, training_args, cosmo_defaults=DEFAULTS)
 
     model = build_model(args)
-    processor = build_processor(args, model)
+    processor = build_processor(args, model, fallback_preset="cosmo-tiny")
     trainable, total, fraction = trainable_parameters(model)
     logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
 

@@ -53,6 +53,28 @@ class RecipeArguments:
     num_frames: int = field(default=8, metadata={"help": "Frames decoded per video clip (training and evaluation)."})
 
 
+def build_processor(args, model, fallback_preset: str):
+    """`--processor`, else the preset's (`fallback_preset` when `--config` is a path); with `--text_model` that
+    LM's own tokenizer plus the media tokens, the model's embeddings and special-token ids resized to match."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    from cosmo_vl.presets import get_processor, list_presets
+
+    if args.processor:
+        return AutoProcessor.from_pretrained(args.processor)
+    processor = get_processor(args.config if args.config in list_presets() else fallback_preset)
+    if args.text_model:
+        tokenizer = AutoTokenizer.from_pretrained(args.text_model)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<visual>", "<|endofchunk|>"]})
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+        processor.tokenizer = tokenizer
+        model.resize_token_embeddings(len(tokenizer))
+        model.config.media_token_id = processor.media_token_id
+        model.config.endofchunk_token_id = processor.endofchunk_token_id
+    return processor
+
+
 def name_and_ratio(part: str) -> tuple[str, str]:
     """'name:0.3' -> ('name', '0.3'); a part without a numeric suffix has ratio 1 (as the CosMo recipe reads it)."""
     name, _, ratio = part.rpartition(":")

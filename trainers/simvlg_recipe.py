@@ -3,19 +3,17 @@
 import logging
 from pathlib import Path
 
-from transformers import AutoProcessor, AutoTokenizer
-
 import cosmo_vl
 from cosmo_vl import evaluation
 from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import MergeSchedule, SimVlgConfig, SimVlgForConditionalGeneration, trainable_parameters
-from cosmo_vl.presets import get_config, get_processor, list_presets
+from cosmo_vl.presets import get_config, list_presets
 from cosmo_vl.processing import VLCollator, read_video
 
 from .callbacks import AttributeScheduleCallback
 from .checkpoints import resolve_resume
 from .cosmo_trainer import CosmoTrainer
-from .recipes import hyperparameters, load_training_data, merge_split_results, print_summary, write_results
+from .recipes import build_processor, hyperparameters, load_training_data, merge_split_results, print_summary, write_results
 
 logger = logging.getLogger("pretrain")
 
@@ -43,23 +41,6 @@ def build_model(args, recipe_args) -> SimVlgForConditionalGeneration:
     model.model.apply_freezing()
     model.lm_head.requires_grad_(not model.config.freeze_language_model)
     return model
-
-
-def build_processor(args, model):
-    """`--processor`, else the preset's; with `--text_model` its own tokenizer plus the media tokens."""
-    if args.processor:
-        return AutoProcessor.from_pretrained(args.processor)
-    processor = get_processor(args.config if args.config in list_presets() else "simvlg-tiny")
-    if args.text_model:
-        tokenizer = AutoTokenizer.from_pretrained(args.text_model)
-        tokenizer.add_special_tokens({"additional_special_tokens": ["<visual>", "<|endofchunk|>"]})
-        if tokenizer.pad_token is None:
-            tokenizer.add_special_tokens({"pad_token": "<pad>"})
-        processor.tokenizer = tokenizer
-        model.resize_token_embeddings(len(tokenizer))
-        model.config.media_token_id = processor.media_token_id
-        model.config.endofchunk_token_id = processor.endofchunk_token_id
-    return processor
 
 
 def merge_schedule_callback(model, spec: str) -> AttributeScheduleCallback:
@@ -118,7 +99,7 @@ def save_folder(model, processor, results: dict, args, training_args, datasets: 
 
 def pretrain_simvlg(args, recipe_args, training_args) -> int:
     model = build_model(args, recipe_args)
-    processor = build_processor(args, model)
+    processor = build_processor(args, model, fallback_preset="simvlg-tiny")
     trainable, total, fraction = trainable_parameters(model)
     logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
 

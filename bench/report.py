@@ -1,4 +1,5 @@
-"""Render benchmark JSON files (vs_openflamingo, roofline, scaling) into Markdown tables and PNG plots.
+"""Render benchmark JSON files (vs_openflamingo, roofline, scaling, objectives, pformer_vs_blip2) into Markdown
+tables and PNG plots.
 
     python bench/report.py --input vs_openflamingo.json roofline.json scaling.json --output-dir bench_report
 
@@ -17,11 +18,12 @@ MIB = 2**20
 
 
 def kind_of(data: dict) -> str:
-    if data.get("benchmark") in ("roofline", "scaling"):
+    if data.get("benchmark") in ("roofline", "scaling", "objectives", "pformer_vs_blip2"):
         return data["benchmark"]
     if data.get("details", {}).get("benchmark") == "vs_openflamingo" or "train_step_time_ratio" in data:
         return "vs_openflamingo"
-    raise ValueError("Unrecognised benchmark JSON (expected vs_openflamingo, roofline or scaling output).")
+    raise ValueError("Unrecognised benchmark JSON (expected vs_openflamingo, roofline, scaling, objectives or "
+                     "pformer_vs_blip2 output).")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -178,7 +180,83 @@ def render_scaling(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
     return lines, pngs
 
 
-RENDERERS = {"vs_openflamingo": render_vs, "roofline": render_roofline, "scaling": render_scaling}
+# ----------------------------------------------------------------------------------------------------- objectives
+def render_objectives(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
+    c = data.get("config", {})
+    seeds = c.get("seeds", c.get("seed"))
+    seeds = ", ".join(map(str, seeds)) if isinstance(seeds, list) else seeds
+    lines = [f"## VLP objectives on CosMo ({data['steps']} steps x batch {c.get('batch_size')}, "
+             f"{c.get('train_samples')} training pairs, seed(s) {seeds})", ""]
+    rows = []
+    for name, e in data["settings"].items():
+        r, losses, ratios = e["retrieval"], e.get("final_losses", {}), e.get("ratios_vs_itc", {})
+        scores = [f"{r[s][k]:.3f}" for s in ("test", "test_iid") for k in ("i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5")]
+        step = e.get("step_time_interleaved_s") or e.get("step_time_s")
+        rows.append([name, *scores, step, ratios.get("step_time"),
+                     *(losses.get(k) for k in ("lm_loss", "contrastive_loss", "itm_loss"))])
+    lines += table(["setting", "test i2t R@1", "R@5", "test t2i R@1", "R@5", "iid i2t R@1", "R@5", "iid t2i R@1", "R@5",
+                    "s/step", "step x itc", "lm_loss", "contrastive_loss", "itm_loss"], rows)
+    pngs = []
+    if plt is not None and rows:
+        names = list(data["settings"])
+        fig, ax = plt.subplots(figsize=(7, 3.3))
+        width = 0.2
+        bars = (("test", "i2t_r1"), ("test", "t2i_r1"), ("test_iid", "i2t_r1"), ("test_iid", "t2i_r1"))
+        for j, (split, key) in enumerate(bars):
+            ax.bar([i + (j - 1.5) * width for i in range(len(names))],
+                   [data["settings"][n]["retrieval"][split][key] for n in names], width, label=f"{split} {key}")
+        ax.set_xticks(range(len(names)), names, fontsize=8)
+        ax.set_ylabel("recall@1")
+        ax.legend(fontsize=7)
+        ax.set_title("Retrieval R@1 per objective setting")
+        fig.tight_layout()
+        pngs.append(out / "objectives.png")
+        fig.savefig(pngs[-1], dpi=110)
+        plt.close(fig)
+    return lines, pngs
+
+
+# ----------------------------------------------------------------------------------------------- pformer_vs_blip2
+def render_pformer(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
+    c = data.get("config", {})
+    lines = [f"## P-Former-aligned BLIP-2 vs BLIP-2 ({c.get('stage1_steps')} + {c.get('stage2_steps')} steps, "
+             f"batch {c.get('batch_size')}, seed {c.get('seed')})", ""]
+    rows = []
+    for arm, r in data["arms"].items():
+        for split in ("test", "test_iid"):
+            rows.append([arm, split, r["captioning"][split]["exact_match"], r["captioning"][split]["cider"],
+                         r["vqa_zero_shot"][split]["accuracy"], r["vqa_2shot"][split]["accuracy"],
+                         r["stages"]["stage1"]["step_time_s"], r["stages"]["stage2"]["step_time_s"]])
+    lines += table(["model", "split", "caption exact match", "CIDEr", "VQA 0-shot", "VQA 2-shot", "stage1 s/step",
+                    "stage2 s/step"], rows)
+    brackets = data.get("vqa_brackets", {})
+    if brackets:
+        lines += ["", "VQA with the LM alone:", ""]
+        lines += table(["context", *brackets],
+                       [[k, *(brackets[s][k] for s in brackets)] for k in ("no_image", "caption_context")])
+    if data.get("diagnostics"):
+        lines += ["", "Diagnostics: " + ", ".join(f"{k} = {v}" for k, v in data["diagnostics"].items()) + "."]
+    pngs = []
+    metrics = data.get("summary", {}).get("metrics", {})
+    if plt is not None and metrics:
+        keys = list(next(iter(metrics.values())))
+        fig, ax = plt.subplots(figsize=(8, 3.3))
+        width = 0.8 / len(metrics)
+        for j, (arm, values) in enumerate(metrics.items()):
+            ax.bar([i + (j - (len(metrics) - 1) / 2) * width for i in range(len(keys))], [values[k] for k in keys],
+                   width, label=arm)
+        ax.set_xticks(range(len(keys)), [k.replace("/", "\n") for k in keys], fontsize=6)
+        ax.legend(fontsize=7)
+        ax.set_title("P-Former-aligned BLIP-2 vs BLIP-2")
+        fig.tight_layout()
+        pngs.append(out / "pformer_vs_blip2.png")
+        fig.savefig(pngs[-1], dpi=110)
+        plt.close(fig)
+    return lines, pngs
+
+
+RENDERERS = {"vs_openflamingo": render_vs, "roofline": render_roofline, "scaling": render_scaling,
+             "objectives": render_objectives, "pformer_vs_blip2": render_pformer}
 
 
 def render(inputs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:

@@ -104,3 +104,50 @@ def test_skipped_roofline_and_unknown_json(report, tmp_path):
     assert "Skipped: no CUDA." in markdown and pngs == []
     with pytest.raises(ValueError, match="Unrecognised"):
         report.render([_write(tmp_path, "bad.json", {"hello": 1})], tmp_path / "out2")
+
+
+def _retrieval(r1):
+    return {split: {"i2t_r1": r1, "i2t_r5": 0.9, "t2i_r1": r1 + 0.01, "t2i_r5": 0.8} for split in ("test", "test_iid")}
+
+
+OBJECTIVES = {
+    "benchmark": "objectives", "steps": 300, "config": {"batch_size": 32, "train_samples": 2000, "seed": 0},
+    "settings": {
+        "itc": {"retrieval": _retrieval(0.25), "step_time_s": 0.12, "ratios_vs_itc": {"step_time": 1.0},
+                "final_losses": {"lm_loss": 0.5, "contrastive_loss": 0.6}},
+        "itc+itm": {"retrieval": _retrieval(0.3), "step_time_s": 0.24,
+                    "final_losses": {"lm_loss": 0.7, "contrastive_loss": 0.7, "itm_loss": 0.4},
+                    "ratios_vs_itc": {"step_time": 2.0}},
+    },
+}
+
+
+def _arm(em):
+    split = {"exact_match": em, "cider": 2 * em, "bleu4": 0.5}
+    return {"captioning": {"test": split, "test_iid": split},
+            "vqa_zero_shot": {"test": {"accuracy": 0.4}, "test_iid": {"accuracy": 0.5}},
+            "vqa_2shot": {"test": {"accuracy": 0.3}, "test_iid": {"accuracy": 0.35}},
+            "stages": {"stage1": {"step_time_s": 0.2}, "stage2": {"step_time_s": 0.05}}}
+
+
+PFORMER = {
+    "benchmark": "pformer_vs_blip2", "steps": 400,
+    "config": {"stage1_steps": 400, "stage2_steps": 400, "batch_size": 32, "seed": 0},
+    "arms": {"blip2": _arm(0.1), "pformer+blip2": _arm(0.2)},
+    "vqa_brackets": {"test": {"no_image": 0.3, "caption_context": 0.9},
+                     "test_iid": {"no_image": 0.3, "caption_context": 0.95}},
+    "diagnostics": {"alignment_mse_test/blip2": 0.5},
+    "summary": {"metrics": {"blip2": {"test/vqa_zero_shot": 0.4}, "pformer+blip2": {"test/vqa_zero_shot": 0.4}}},
+}
+
+
+def test_render_objectives_and_pformer(report, tmp_path):
+    inputs = [_write(tmp_path, "obj.json", OBJECTIVES), _write(tmp_path, "pf.json", PFORMER)]
+    markdown, pngs = report.render(inputs, tmp_path / "out")
+    row = "| itc+itm | 0.300 | 0.900 | 0.310 | 0.800 | 0.300 | 0.900 | 0.310 | 0.800 | 0.240 | 2.000 | 0.700 | 0.700 | 0.400 |"
+    assert row in markdown
+    assert "| itc | 0.250 |" in markdown and "| n/a |" in markdown  # no itm_loss without ITM
+    assert "| pformer+blip2 | test | 0.200 | 0.400 | 0.400 | 0.300 | 0.200 | 0.050 |" in markdown
+    assert "| caption_context | 0.900 | 0.950 |" in markdown and "alignment_mse_test/blip2 = 0.5" in markdown
+    if report._plt() is not None:
+        assert {p.name for p in pngs} == {"objectives.png", "pformer_vs_blip2.png"}

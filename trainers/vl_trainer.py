@@ -8,17 +8,40 @@ kind, and the trainer scales it so that gradient accumulation and DDP give the g
 - "batch": a mean over the samples of one micro-batch (contrastive, ITM, distillation, alignment, ...). It is
   divided by the accumulation steps; its in-batch negatives come from one micro-batch (of every process when
   `gather_contrastive`), so accumulation averages micro-batch losses, it does not enlarge the set of negatives.
+
+The shared VLP objectives are options of `VLTrainingArguments` (see `vlp_options`): image-text matching with
+in-batch hard negatives (`itm_loss`), momentum distillation with queues (replaces `contrastive_loss` by ALBEF's
+term) and GRIT-VLP grouped hard-negative batches. They run on training batches that get the contrastive term; a
+model's trainer provides the fused ITM representation and the contrastive path (`CosmoTrainer` does for CosMo).
 """
 
 import inspect
+import logging
+import math
+import os
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
-from transformers.trainer_utils import unwrap_peft_model
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, unwrap_peft_model
+
+from cosmo_vl.modeling.vlp_objectives import alpha_ramp, image_text_matching_loss, itm_negatives, momentum_contrastive_loss
 
 from .checkpoints import SafetensorsCheckpointMixin
 from .losses import distributed_contrastive_loss, world
+from .objectives import GroupedHardNegativeSampler, enqueue_gathered
+from .vlp_options import (
+    CHECKPOINT_NAME,
+    INDEX_KEY,
+    IndexedCollator,
+    IndexedDataset,
+    ObjectiveState,
+    momentum_features,
+    same_text_mask,
+)
+
+logger = logging.getLogger(__name__)
 
 LOSS_KINDS: dict[str, str] = {
     "lm_loss": "token",
@@ -121,6 +144,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         self.loss_weights = {canonical_loss_name(k): float(v) for k, v in (self.args.loss_weights or {}).items()}
         self._meters = {"train": LossMeter(), "eval": LossMeter()}
         self._bind_callbacks()
+        self._setup_objectives()
 
     def _base_model(self):
         return unwrap_peft_model(self.accelerator.unwrap_model(self.model))
@@ -136,7 +160,196 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        self._signature_columns += [c for c in ("batch_type", "return_loss") if c not in self._signature_columns]
+        extra = ("batch_type", "return_loss", INDEX_KEY)
+        self._signature_columns += [c for c in extra if c not in self._signature_columns]
+
+    # ---------------------------------------------------------------------------------- shared VLP objectives
+    def _setup_objectives(self) -> None:
+        """Build what the options of `VLTrainingArguments` need: the ITM head, the momentum encoder and queues
+        (`self.objectives`), and for the GRIT sampler the dataset indices carried into each batch."""
+        args = self.args
+        self.objectives: ObjectiveState | None = None
+        self._grit_sampler: GroupedHardNegativeSampler | None = None
+        self._ema_step, self._heads_zeroed_at = 0, -1
+        if args.grit_sampler and self.train_dataset is not None:
+            if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
+                raise ValueError("grit_sampler needs a map-style training dataset (with __len__ and indexing).")
+            self.train_dataset = IndexedDataset(self.train_dataset)
+            self.data_collator = IndexedCollator(self.data_collator)
+        itm, momentum = args.itm_loss_weight > 0, args.momentum_distillation
+        if not (itm or momentum):
+            return
+        model = self._base_model()
+        if itm and "itm_loss" not in self.loss_weights:
+            self.set_loss_weight("itm_loss", args.itm_loss_weight)
+        params = {}
+        if momentum:
+            names = set(self.momentum_parameter_names(model))
+            params = {n: p for n, p in model.named_parameters() if n in names}
+        self.objectives = ObjectiveState(
+            itm_hidden_size=self.itm_hidden_size(model) if itm else None,
+            momentum_parameters=params,
+            queue_size=args.momentum_queue_size if momentum else 0,
+            feature_dim=self.contrastive_dim(model) if momentum else None,
+        ).to(args.device)
+
+    # Model-specific parts, overridden per architecture (see CosmoTrainer).
+    def itm_hidden_size(self, model) -> int:
+        """Width of the fused (image, text) representation the ITM head classifies."""
+        raise NotImplementedError(f"{type(self).__name__} has no ITM fusion for {type(model).__name__}.")
+
+    def itm_positive_fused(self, model, inputs: dict, outputs):
+        """(B, H) fused representation of the batch's own pairs (from the training forward when possible)."""
+        rows = torch.arange(inputs["input_ids"].shape[0], device=inputs["input_ids"].device)
+        return self.itm_fused(model, inputs, outputs, rows, rows)
+
+    def itm_fused(self, model, inputs: dict, outputs, image_index: torch.Tensor, text_index: torch.Tensor):
+        """(N, H) fused representation of the pairs (image `image_index[k]`, text `text_index[k]`) of the batch."""
+        raise NotImplementedError(f"{type(self).__name__} has no ITM fusion for {type(model).__name__}.")
+
+    def contrastive_features(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised (image, text) contrastive features of a pair batch, as the training forward computes them."""
+        image_kwargs = {k: inputs[k] for k in ("media_mask", "frame_mask") if inputs.get(k) is not None}
+        return (
+            model.get_image_features(inputs["pixel_values"], **image_kwargs),
+            model.get_text_features(inputs["input_ids"], inputs.get("attention_mask")),
+        )
+
+    def momentum_parameter_names(self, model) -> list[str]:
+        """Trainable parameters the contrastive features depend on (the momentum encoder tracks these)."""
+        return [n for n, p in model.named_parameters() if p.requires_grad]
+
+    def contrastive_dim(self, model) -> int:
+        config = getattr(model, "config", None)
+        dim = getattr(config, "contrastive_dim", None) or getattr(config, "projection_dim", None)
+        if dim is None:
+            raise ValueError("momentum_distillation: cannot tell the contrastive feature width from the config.")
+        return int(dim)
+
+    def _objective_parameters(self) -> list:
+        return [] if self.objectives is None else self.objectives.trainable_parameters()
+
+    def _distillation_warmup(self) -> int:
+        if self.args.distillation_warmup_steps is not None:
+            return self.args.distillation_warmup_steps
+        return math.ceil(self.state.max_steps / max(1, self.state.num_train_epochs))  # one epoch
+
+    def _objective_terms(self, model, inputs: dict, outputs) -> dict:
+        """`contrastive_loss` with momentum distillation and/or `itm_loss`, for a training contrastive batch."""
+        terms: dict = {}
+        base = self._base_model()
+        state = self.objectives
+        if state.has_momentum:
+            step = self.state.global_step
+            if step != self._ema_step:  # once per optimizer step, on its first micro-batch
+                state.ema_update(dict(base.named_parameters()), self.args.momentum)
+                self._ema_step = step
+            image_m, text_m = momentum_features(base, state.momentum_dict(), self.contrastive_features, inputs)
+            image_m, text_m = image_m.float(), text_m.float()
+            queues = (state.image_queue, state.text_queue)
+            image_q, text_q = (q.features if q is not None and len(q) else None for q in queues)
+            terms["contrastive_loss"] = momentum_contrastive_loss(
+                outputs.image_embeds.float(), outputs.text_embeds.float(), image_m, text_m,
+                1.0 / outputs.logit_scale.float(), alpha_ramp(step, self._distillation_warmup(),
+                                                              self.args.distillation_alpha), image_q, text_q,
+            )
+            if state.image_queue is not None:
+                enqueue_gathered(state.image_queue, image_m)
+                enqueue_gathered(state.text_queue, text_m)
+        if state.itm_head is not None:
+            itm = self._itm_loss(base, inputs, outputs)
+            if itm is not None:
+                terms["itm_loss"] = itm
+        return terms
+
+    def _itm_loss(self, model, inputs: dict, outputs):
+        """ITM on the B positive pairs and 2B in-batch hard negatives (one image per text, one text per image),
+        drawn from the contrastive similarities; None when every caption of the batch is the same."""
+        sim_i2t = outputs.logits_per_image.detach()  # (B, B), local rows and columns
+        b = sim_i2t.shape[0]
+        positives = same_text_mask(inputs["input_ids"], inputs.get("attention_mask"))
+        if b < 2 or bool(positives.all(dim=1).any()):
+            return None
+        neg_images, neg_texts = itm_negatives(sim_i2t, sim_i2t.t(), self.args.itm_negatives, positives)
+        rows = torch.arange(b, device=sim_i2t.device)
+        fused = torch.cat([
+            self.itm_positive_fused(model, inputs, outputs),  # (B, H) matched
+            self.itm_fused(model, inputs, outputs, torch.cat([neg_images, rows]), torch.cat([rows, neg_texts])),
+        ])  # (3B, H)
+        head = self.objectives.itm_head
+        logits = head(fused.to(head.classifier.weight.dtype))
+        return image_text_matching_loss(logits[:b], logits[b:])
+
+    @torch.no_grad()
+    def _record_grit(self, outputs, dataset_index) -> None:
+        """Hand the batch's embeddings to the GRIT sampler (collective with several processes)."""
+        if self._grit_sampler is None or dataset_index is None:
+            return
+        embeds = outputs.image_embeds
+        ok = dataset_index.numel() == embeds.shape[0] and bool((dataset_index >= 0).all())
+        if world()[1] > 1:  # a process whose collator dropped samples skips: all must skip together
+            flag = torch.tensor([float(ok)], device=embeds.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            ok = bool(flag.item())
+        if ok:
+            self._grit_sampler.record(embeds, outputs.text_embeds, indices=dataset_index.to(embeds.device))
+
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.args.grit_sampler:
+            return super()._get_train_sampler(train_dataset)
+        dataset = self.train_dataset if train_dataset is None else train_dataset
+        # One process's view (num_replicas=1): accelerate hands consecutive batches to consecutive processes, so
+        # every global batch stays one piece of a chain.
+        self._grit_sampler = GroupedHardNegativeSampler(
+            len(dataset), self._train_batch_size, self.args.grit_search_size, seed=self.args.seed,
+            drop_last=self.args.dataloader_drop_last,
+        )
+        return self._grit_sampler
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        present = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        params = [p for p in self._objective_parameters() if id(p) not in present]
+        if params:  # the trainer's own heads: weights decay, biases do not (as Trainer groups the model's)
+            optimizer.add_param_group({"params": [p for p in params if p.ndim >= 2], "weight_decay": self.args.weight_decay})
+            optimizer.add_param_group({"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0})
+        return optimizer
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        heads = self._objective_parameters()
+        if heads and self._heads_zeroed_at != self.state.global_step:  # Trainer zeroes only the model's grads
+            for p in heads:
+                p.grad = None
+            self._heads_zeroed_at = self.state.global_step
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        _, size = world()
+        if heads and size > 1 and self.accelerator.sync_gradients:  # not under DDP: average them ourselves
+            for p in heads:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+                p.grad.div_(size)
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        if self.objectives is not None and self.args.should_save:
+            # Written before the Trainer's files, so a folder with a trainer_state.json has it too.
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            state = {k: v.detach().contiguous() for k, v in self.objectives.state_dict().items()}
+            save_file(state, os.path.join(folder, CHECKPOINT_NAME))
+        super()._save_checkpoint(model, trial)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.objectives is None:
+            return
+        path = os.path.join(resume_from_checkpoint, CHECKPOINT_NAME)
+        if os.path.isfile(path):
+            self.objectives.load_state_dict(load_file(path, device=str(self.args.device)))
+        else:
+            logger.warning("%s has no %s: the ITM head / momentum encoder start afresh.", resume_from_checkpoint,
+                           CHECKPOINT_NAME)
 
     # ---------------------------------------------------------------------------------------------- weights
     def loss_weight(self, name: str) -> float:
@@ -180,6 +393,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
+        dataset_index = inputs.pop(INDEX_KEY, None)
         kind = inputs.pop("batch_type", None)
         if isinstance(kind, (list, tuple)):  # one entry per sample
             if len(set(kind)) != 1:
@@ -193,6 +407,9 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         use_num_items = self.model_accepts_loss_kwargs and num_items_in_batch is not None and "labels" in inputs
         if use_num_items:
             inputs["num_items_in_batch"] = num_items_in_batch
+        objectives = model.training and contrastive and self.objectives is not None
+        if objectives and self.objectives.itm_head is not None:
+            inputs["output_hidden_states"] = True  # the fused states of the matched pairs
         outputs = model(**inputs)
 
         components = {name: getattr(outputs, name, None) for name in LOSS_KINDS}
@@ -202,6 +419,10 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
             components["contrastive_loss"], _ = distributed_contrastive_loss(
                 outputs.image_embeds, outputs.text_embeds, outputs.logit_scale
             )
+        if model.training and contrastive and getattr(outputs, "image_embeds", None) is not None:
+            if objectives:
+                components.update(self._objective_terms(model, inputs, outputs))
+            self._record_grit(outputs, dataset_index)
         components = {name: value for name, value in components.items() if value is not None}
         if not components:
             if getattr(outputs, "loss", None) is None:

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -53,24 +52,10 @@ from cosmo_vl.processing import load_embedded_dataset  # noqa: E402
 from cosmo_vl.processing.scenes import Group, Scene  # noqa: E402
 from cosmo_vl.processing.synthetic import vqa_questions  # noqa: E402
 from cosmo_vl.trainers.blip2_stages import Blip2StageModel, alignment_mse  # noqa: E402
+from bench.objectives import source_state  # noqa: E402
 
 ARMS = ("blip2", "pformer+blip2")
 SPLITS = ("test", "test_iid")
-
-
-def source_state() -> dict:
-    """The git commit the run used and the tracked files modified on top of it (results depend on both)."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*cmd):
-        return subprocess.run(["git", *cmd], cwd=root, capture_output=True, text=True, timeout=30).stdout
-
-    try:
-        return {"git_commit": git("rev-parse", "--short", "HEAD").strip(),
-                "modified_files": [line[3:] for line in
-                                   git("status", "--porcelain", "--untracked-files=no").splitlines()]}
-    except (OSError, subprocess.SubprocessError):
-        return {}
 
 
 # ------------------------------------------------------------------------------------------------- data

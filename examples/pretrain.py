@@ -25,7 +25,9 @@ from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, traina
 from cosmo_vl.presets import get_config, list_presets
 from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, zero_shot_prompts
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
-from cosmo_vl.trainers.recipes import RecipeArguments, build_processor, load_training_data, merge_split_results, run_recipe
+from cosmo_vl.trainers.recipes import (
+    RecipeArguments, build_processor, hyperparameters, load_training_data, merge_split_results, run_recipe,
+)
 
 logger = logging.getLogger("pretrain")
 
@@ -114,15 +116,7 @@ def save_hub_folder(model, processor, results: dict, args: ScriptArguments, trai
     cosmo_vl.enable_remote_code(model, processor)
     model.save_pretrained(final_dir)
     processor.save_pretrained(final_dir)
-    hyper = {
-        "learning_rate": training_args.learning_rate,
-        "max_steps": training_args.max_steps,
-        "per_device_train_batch_size": training_args.per_device_train_batch_size,
-        "scheduler": str(training_args.lr_scheduler_type),
-        "warmup_steps": training_args.warmup_steps,
-        "weight_decay": training_args.weight_decay,
-        "seed": training_args.seed,
-    }
+    hyper = hyperparameters(training_args)
     card = build_model_card(
         model, args.repo_id, eval_results=results, dataset_name=args.dataset, datasets=[args.dataset],
         hyperparameters=hyper,

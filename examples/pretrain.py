@@ -57,7 +57,7 @@ class ScriptArguments:
     repo_id: str = field(default="cosmo-vl/cosmo-tiny-shapes", metadata={"help": "Repository id written in the card."})
 
 
-# Defaults of the no-argument run: cosmo-tiny from scratch on the embedded data, about 10 minutes on 2 CPU cores.
+# Defaults of the no-argument run: cosmo-tiny from scratch on the embedded data (measured figures: README.md).
 DEFAULTS = dict(
     output_dir="outputs/cosmo-tiny",
     max_steps=4500,

@@ -136,8 +136,7 @@ def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int
         order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(0)).tolist()
         start, losses = time.perf_counter(), []
         for step in range(steps):
-            rows = [data["train"][i % len(order)] for i in order[step * batch:(step + 1) * batch]] or \
-                [data["train"][i] for i in order[:batch]]
+            rows = [data["train"][order[(step * batch + k) % len(order)]] for k in range(batch)]  # wraps epochs
             loss = model(**collator(rows)).loss
             loss.backward()
             optimizer.step()

@@ -34,7 +34,8 @@ def _vision_tower(model):
 
 def merge_groups(pixel_values: torch.Tensor, model) -> tuple[np.ndarray, int]:
     """Run the (merging) vision tower on one image (1, C, H, W); returns the patch grid (h, w) of output-token
-    indices, numbered 0..k-1 over the tokens that hold patches, and k."""
+    indices, numbered 0..k-1 over the tokens that hold patches, and k. Turns on source tracking in the tower if it
+    was off (it then stays on)."""
     tower = _vision_tower(model)
     info = getattr(tower, "_token_merging", None)
     if info is None:

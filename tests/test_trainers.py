@@ -30,7 +30,7 @@ from cosmo_vl.trainers import (
     schedule_value,
 )
 
-from tiny_configs import MEDIA_ID, PAD_ID, tiny_cosmo_config
+from tiny_configs import MEDIA_ID, collate_rows, tiny_cosmo_config
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -49,17 +49,6 @@ def _samples(n: int, media: int = 1, frames: int = 1, seed: int = 0) -> list[dic
     return rows
 
 
-def _collate(examples: list[dict]) -> dict:
-    length = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), length), PAD_ID)
-    labels = torch.full((len(examples), length), -100)
-    mask = torch.zeros(len(examples), length, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
-    pixels = torch.stack([e["pixel_values"] for e in examples])  # (B, M, F, C, H, W)
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels,
-            "media_mask": torch.ones(pixels.shape[:2], dtype=torch.bool)}
 
 
 def _model() -> CosmoForConditionalGeneration:
@@ -95,7 +84,7 @@ def _train_one_step(tmp_path, data, batch_size, accumulation, **overrides):
     capture = GradCapture()
     args = _args(tmp_path / f"b{batch_size}x{accumulation}", per_device_train_batch_size=batch_size,
                  gradient_accumulation_steps=accumulation, **overrides)
-    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=data, data_collator=_collate, callbacks=[capture])
+    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=data, data_collator=collate_rows, callbacks=[capture])
     trainer.train()
     return capture.grads, trainer
 
@@ -128,7 +117,7 @@ def test_batch_level_term_is_divided_by_accumulation(tmp_path):
                                      loss_weights={"lm": 0.0}, contrastive_loss_weight=1.0)
     model, micro_losses = _model(), []
     for i in range(4):
-        out = model(**_collate(data[2 * i : 2 * i + 2]), return_loss=True)
+        out = model(**collate_rows(data[2 * i : 2 * i + 2]), return_loss=True)
         (out.contrastive_loss / 4).backward()
         micro_losses.append(float(out.contrastive_loss.detach()))
     expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
@@ -144,9 +133,9 @@ def test_batch_level_term_is_divided_by_accumulation(tmp_path):
 def test_cosmo_trainer_weights_types_and_eval_logs(tmp_path):
     args = _args(tmp_path, pair_loss_weight=0.5, video_loss_weight=2.0, contrastive_loss_weight=0.25,
                  per_device_eval_batch_size=2)
-    trainer = CosmoTrainer(model=_model(), args=args, data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=args, data_collator=collate_rows)
     model = trainer.model.eval()
-    pair = _collate(_samples(2, media=1))
+    pair = collate_rows(_samples(2, media=1))
     with torch.no_grad():
         out = model(**pair, return_loss=True)
         assert float(trainer.compute_loss(model, pair)) == pytest.approx(
@@ -154,7 +143,7 @@ def test_cosmo_trainer_weights_types_and_eval_logs(tmp_path):
         # the collator's `batch_type` wins over the layout: no contrastive term, interleaved weight 1
         loss, outputs = trainer.compute_loss(model, {**pair, "batch_type": "interleaved"}, return_outputs=True)
         assert outputs.contrastive_loss is None and float(loss) == pytest.approx(float(out.lm_loss), rel=1e-5)
-        video = _collate(_samples(2, media=1, frames=3))
+        video = collate_rows(_samples(2, media=1, frames=3))
         loss, outputs = trainer.compute_loss(model, video, return_outputs=True)
         assert outputs.contrastive_loss is None and float(loss) == pytest.approx(2.0 * float(outputs.lm_loss), rel=1e-5)
 
@@ -173,9 +162,9 @@ def test_gathered_contrastive_term_under_a_faked_process_group(monkeypatch, tmp_
     monkeypatch.setattr(losses, "local_batch_sizes", lambda b, device: [b, b])
     monkeypatch.setattr(losses.dist_fn, "all_gather", lambda t: [t, t.detach()])
     monkeypatch.setattr(torch.distributed, "all_reduce", lambda tensor, op=None: tensor)
-    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path, loss_weights={"lm": 0.0}), data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path, loss_weights={"lm": 0.0}), data_collator=collate_rows)
     model = trainer.model.train()
-    batch = _collate(_samples(2, media=1))
+    batch = collate_rows(_samples(2, media=1))
     loss, outputs = trainer.compute_loss(model, batch, return_outputs=True)
     assert outputs.contrastive_loss is None and outputs.image_embeds is not None
     expected, logits = distributed_contrastive_loss(outputs.image_embeds, outputs.text_embeds, outputs.logit_scale)
@@ -340,7 +329,7 @@ def test_schedule_callbacks():
 
 def test_loss_weight_warmup_is_bound_to_the_trainer(tmp_path):
     warmup = LossWeightWarmupCallback("contrastive", weight=1.0, warmup_steps=10)
-    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path), data_collator=_collate, callbacks=[warmup])
+    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path), data_collator=collate_rows, callbacks=[warmup])
     assert warmup.trainer is trainer
     warmup.on_step_begin(None, _State(3), None)
     assert trainer.loss_weight("contrastive_loss") == pytest.approx(0.3)

@@ -21,7 +21,7 @@ from cosmo_vl.trainers.vlp_options import (
     same_text_mask,
 )
 
-from tiny_configs import MEDIA_ID, PAD_ID, tiny_cosmo_config
+from tiny_configs import MEDIA_ID, collate_rows, tiny_cosmo_config
 
 
 def _samples(n: int, seed: int = 0) -> list[dict]:
@@ -36,17 +36,6 @@ def _samples(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def _collate(examples: list[dict]) -> dict:
-    length = max(len(e["input_ids"]) for e in examples)
-    ids = torch.full((len(examples), length), PAD_ID)
-    labels = torch.full((len(examples), length), -100)
-    mask = torch.zeros(len(examples), length, dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e["input_ids"])
-        ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
-    pixels = torch.stack([e["pixel_values"] for e in examples])
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels,
-            "media_mask": torch.ones(pixels.shape[:2], dtype=torch.bool)}
 
 
 def _model(**overrides) -> CosmoForConditionalGeneration:
@@ -73,7 +62,7 @@ def test_arguments_validate_and_default_off(tmp_path):
         VLTrainingArguments(output_dir="unused", itm_negatives="random", use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="momentum"):
         VLTrainingArguments(output_dir="unused", momentum=1.5, use_cpu=True, report_to=[])
-    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path), data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path), data_collator=collate_rows)
     assert trainer.objectives is None and trainer._grit_sampler is None
 
 
@@ -97,10 +86,10 @@ def test_helpers():
 
 # ----------------------------------------------------------------------------------------------------- ITM
 def test_itm_fused_pairs_and_loss(tmp_path):
-    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path, itm_loss_weight=2.0), data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=_args(tmp_path, itm_loss_weight=2.0), data_collator=collate_rows)
     assert trainer.loss_weight("itm_loss") == 2.0 and trainer.objectives.itm_head is not None
     model = trainer.model.train()
-    batch = _collate(_samples(4))
+    batch = collate_rows(_samples(4))
     out = model(**batch, output_hidden_states=True)
     rows = torch.arange(4)
     # The matched pairs from the training forward equal a second pass over the same (image, text) pairs.
@@ -125,7 +114,7 @@ def test_itm_fused_pairs_and_loss(tmp_path):
 def test_momentum_parameters_features_and_ema(tmp_path):
     args = _args(tmp_path, momentum_distillation=True, momentum=0.9, momentum_queue_size=6)
     # A trained LM below the split is tracked; the frozen vision tower is shared, not copied.
-    trainer = CosmoTrainer(model=_model(freeze_language_model=False), args=args, data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(freeze_language_model=False), args=args, data_collator=collate_rows)
     model, state = trainer.model, trainer.objectives
     names = state.momentum_names
     assert any(n.startswith("model.resampler.") for n in names)
@@ -137,7 +126,7 @@ def test_momentum_parameters_features_and_ema(tmp_path):
     assert not any(f".layers.{i}." in n for n in names for i in range(depth, layers))
 
     model.train()
-    batch = _collate(_samples(4))
+    batch = collate_rows(_samples(4))
     online = trainer.contrastive_features(model, batch)
     momentum = momentum_features(model, state.momentum_dict(), trainer.contrastive_features, batch)
     for a, b in zip(online, momentum):
@@ -171,7 +160,7 @@ def test_momentum_parameters_features_and_ema(tmp_path):
 def test_training_with_every_option_checkpoints_and_resumes(tmp_path):
     args = _args(tmp_path, max_steps=4, per_device_train_batch_size=2, save_strategy="steps", save_steps=2,
                  itm_loss_weight=1.0, momentum_distillation=True, momentum_queue_size=4, grit_sampler=True)
-    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(4), data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(4), data_collator=collate_rows)
     head_before = trainer.objectives.itm_head.classifier.weight.detach().clone()
     trainer.train()
     head = trainer.objectives.itm_head.classifier.weight
@@ -183,7 +172,7 @@ def test_training_with_every_option_checkpoints_and_resumes(tmp_path):
     saved = load_file(tmp_path / "checkpoint-2" / CHECKPOINT_NAME)
     assert "itm_head.classifier.weight" in saved and "image_queue.queue" in saved
 
-    fresh = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(4), data_collator=_collate)
+    fresh = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(4), data_collator=collate_rows)
     fresh._load_from_checkpoint(str(tmp_path / "checkpoint-2"))
     for key, value in fresh.objectives.state_dict().items():
         torch.testing.assert_close(value, saved[key])
@@ -191,7 +180,7 @@ def test_training_with_every_option_checkpoints_and_resumes(tmp_path):
 
 def test_grit_sampler_records_by_index_and_chains_the_next_epoch(tmp_path):
     args = _args(tmp_path, max_steps=8, per_device_train_batch_size=2, grit_sampler=True, learning_rate=0.0)
-    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(8), data_collator=_collate)
+    trainer = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(8), data_collator=collate_rows)
     calls, original = [], None
 
     def spy(image, text, indices=None):
@@ -228,8 +217,8 @@ def test_grit_sampler_records_by_index_and_chains_the_next_epoch(tmp_path):
 
 def test_head_gradients_are_averaged_over_processes(monkeypatch, tmp_path):
     trainer = CosmoTrainer(model=_model(), args=_args(tmp_path, itm_loss_weight=1.0, gather_contrastive=False),
-                           data_collator=_collate)
-    batch = _collate(_samples(4))
+                           data_collator=collate_rows)
+    batch = collate_rows(_samples(4))
     torch.manual_seed(1)
     trainer.training_step(trainer.model, batch)
     local = trainer.objectives.itm_head.classifier.weight.grad.clone()
@@ -251,5 +240,5 @@ def test_indexed_dataset_needs_map_style(tmp_path):
 
     with pytest.raises(ValueError, match="map-style"):
         CosmoTrainer(model=_model(), args=_args(tmp_path, grit_sampler=True), train_dataset=Stream(),
-                     data_collator=_collate)
+                     data_collator=collate_rows)
     assert CHECKPOINT_NAME == "vlp_objectives.safetensors"

@@ -1,5 +1,6 @@
 """Tiny in-memory configs for the model tests (no downloads, a few hundred thousand parameters each)."""
 
+import torch
 from transformers import (
     CLIPVisionConfig,
     GPTNeoXConfig,
@@ -61,3 +62,17 @@ def tiny_cosmo_config(family: str = "llama", vision: str = "clip", **overrides) 
     )
     kwargs.update(overrides)
     return CosmoConfig(**kwargs)
+
+
+def collate_rows(examples: list[dict]) -> dict:
+    """Right-pad pre-tokenised rows (`input_ids`, `labels`, `pixel_values` (M, F, C, H, W)) into a model batch."""
+    length = max(len(e["input_ids"]) for e in examples)
+    ids = torch.full((len(examples), length), PAD_ID)
+    labels = torch.full((len(examples), length), -100)
+    mask = torch.zeros(len(examples), length, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e["input_ids"])
+        ids[i, :n], labels[i, :n], mask[i, :n] = e["input_ids"], e["labels"], 1
+    pixels = torch.stack([e["pixel_values"] for e in examples])  # (B, M, F, C, H, W)
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "pixel_values": pixels,
+            "media_mask": torch.ones(pixels.shape[:2], dtype=torch.bool)}

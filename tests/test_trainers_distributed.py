@@ -110,8 +110,9 @@ def _trainer_worker(rank: int, port: int, result_dir: str) -> None:
 
 
 def _train(output_dir: str, batch_size: int, **overrides):
-    from test_trainers import GradCapture, _args, _collate, _samples
+    from test_trainers import GradCapture, _args, _samples
     from test_trainers import _model as _float_model
+    from tiny_configs import collate_rows
 
     from cosmo_vl.trainers import CosmoTrainer
 
@@ -119,7 +120,7 @@ def _train(output_dir: str, batch_size: int, **overrides):
     args = _args(output_dir, per_device_train_batch_size=batch_size, gradient_accumulation_steps=2,
                  contrastive_loss_weight=1.0, dataloader_drop_last=True, **overrides)
     trainer = CosmoTrainer(model=_float_model(), args=args, train_dataset=_samples(8, media=1),
-                           data_collator=_collate, callbacks=[capture])
+                           data_collator=collate_rows, callbacks=[capture])
     trainer.train()
     return capture.grads, next(e for e in trainer.state.log_history if "loss" in e)
 

@@ -2,6 +2,7 @@
 
 import os
 import socket
+from types import SimpleNamespace
 
 import torch
 import torch.distributed as dist
@@ -9,7 +10,9 @@ import torch.multiprocessing as mp
 
 from cosmo_vl.modeling import CosmoForConditionalGeneration
 from cosmo_vl.modeling.contrastive import contrastive_logits, symmetric_contrastive_loss
-from cosmo_vl.trainers import distributed_contrastive_loss
+from cosmo_vl.modeling.vlp_objectives import ITMHead
+from cosmo_vl.trainers import CosmoTrainer, distributed_contrastive_loss
+from cosmo_vl.trainers.vl_trainer import VLTrainer
 
 from tiny_configs import MEDIA_ID, tiny_cosmo_config
 
@@ -93,6 +96,67 @@ def test_two_process_contrastive_loss_and_gradients_equal_one_process(tmp_path):
         halves = [(out.image_embeds[i : i + 3], out.text_embeds[i : i + 3]) for i in (0, 3)]
         local_only = sum(symmetric_contrastive_loss(*contrastive_logits(*h, out.logit_scale)) for h in halves) / 2
     assert abs(float(local_only) - float(loss.detach())) > 1e-3
+
+
+# ------------------------------------------------------------------------- ITM negatives from the global batch
+class _ItmHarness:
+    """The trainer's ITM code paths (CosMo's fusion and gathering, the shared loss) without a whole Trainer."""
+
+    itm_gather = CosmoTrainer.itm_gather
+    itm_fused = CosmoTrainer.itm_fused
+    itm_positive_fused = CosmoTrainer.itm_positive_fused
+    _itm_loss = VLTrainer._itm_loss
+
+    def __init__(self):
+        torch.manual_seed(5)
+        self.args = SimpleNamespace(itm_negatives="hardest")  # deterministic: the same negatives on 1 or 2 processes
+        self.objectives = SimpleNamespace(itm_head=ITMHead(tiny_cosmo_config().text_config.hidden_size).double())
+
+
+def _itm_loss_and_grads(model, harness, batch, gathered):
+    out = model(**batch, return_loss=False, output_hidden_states=True)
+    loss = harness._itm_loss(model, batch, out, gathered=gathered)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["itm_head"] = harness.objectives.itm_head.classifier.weight.grad.clone()
+    return loss.detach(), grads
+
+
+def _itm_worker(rank: int, port: int, batch: dict, result_dir: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        b = batch["input_ids"].shape[0] // WORLD
+        local = {k: v[rank * b : (rank + 1) * b] for k, v in batch.items()}
+        local["input_ids"], local["attention_mask"] = local["input_ids"][:, : 9 - rank], local["attention_mask"][:, : 9 - rank]
+        loss, grads = _itm_loss_and_grads(_model(), _ItmHarness(), local, gathered=True)
+        for value in [loss, *grads.values()]:  # what DDP does: average over processes
+            dist.all_reduce(value)
+            value /= WORLD
+        torch.save({"loss": loss, "grads": grads}, os.path.join(result_dir, f"itm{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_itm_negatives_from_the_global_batch_equal_one_process(tmp_path):
+    batch = _global_batch()
+    batch["attention_mask"][3:, -1] = 0  # rank 1 pads to a shorter length than rank 0: rows are re-padded to gather
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    mp.start_processes(_itm_worker, args=(_free_port(), batch, str(tmp_path)), nprocs=WORLD, join=True,
+                       start_method=method)
+    ranks = [torch.load(tmp_path / f"itm{rank}.pt") for rank in range(WORLD)]
+    loss, grads = _itm_loss_and_grads(_model(), _ItmHarness(), batch, gathered=False)
+    assert abs(float(ranks[0]["loss"]) - float(loss)) < 1e-6
+    assert "itm_head" in grads and any(n.startswith("model.resampler.") for n in grads)
+    for name, grad in grads.items():
+        torch.testing.assert_close(ranks[0]["grads"][name], grad, rtol=1e-5, atol=1e-7,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    # and the pool matters: negatives drawn from each half alone give another loss
+    model, harness = _model(), _ItmHarness()
+    halves = [{k: v[i : i + 3] for k, v in batch.items()} for i in (0, 3)]
+    local_only = sum(_itm_loss_and_grads(model, harness, h, gathered=False)[0] for h in halves) / 2
+    assert abs(float(local_only) - float(loss)) > 1e-4
 
 
 # ------------------------------------------------------------------------------- the trainer under real DDP

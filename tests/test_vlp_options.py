@@ -14,6 +14,7 @@ from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, VLTrainingAr
 from cosmo_vl.trainers.objectives import greedy_hard_negative_chain
 from cosmo_vl.trainers.vlp_options import (
     CHECKPOINT_NAME,
+    SAMPLER_CHECKPOINT_NAME,
     IndexedCollator,
     IndexedDataset,
     last_token_states,
@@ -242,3 +243,29 @@ def test_indexed_dataset_needs_map_style(tmp_path):
         CosmoTrainer(model=_model(), args=_args(tmp_path, grit_sampler=True), train_dataset=Stream(),
                      data_collator=collate_rows)
     assert CHECKPOINT_NAME == "vlp_objectives.safetensors"
+
+
+def test_grit_order_and_recordings_resume_from_a_checkpoint(tmp_path):
+    """Stopped mid-epoch at step 6 (4 steps per epoch), a resumed run draws the same batches as an uninterrupted
+    one: the rest of the running GRIT epoch (ordered by embeddings gone with the previous epoch) and the next epoch
+    (ordered by embeddings recorded partly before the checkpoint)."""
+
+    def run(output_dir, resume=None):
+        args = _args(output_dir, max_steps=10, per_device_train_batch_size=2, grit_sampler=True, save_strategy="steps",
+                     save_steps=6, learning_rate=1e-2)
+        trainer = CosmoTrainer(model=_model(), args=args, train_dataset=_samples(8), data_collator=collate_rows)
+        drawn, compute_loss = [], trainer.compute_loss
+
+        def spy(model, inputs, *a, **kw):
+            drawn.append(inputs["dataset_index"].tolist())
+            return compute_loss(model, inputs, *a, **kw)
+
+        trainer.compute_loss = spy
+        trainer.train(resume_from_checkpoint=resume)
+        return drawn
+
+    full = run(tmp_path / "full")
+    assert (tmp_path / "full" / "checkpoint-6" / SAMPLER_CHECKPOINT_NAME).is_file()
+    resumed = run(tmp_path / "full", resume=str(tmp_path / "full" / "checkpoint-6"))
+    assert len(full) == 10 and resumed == full[6:]
+    assert sorted(sum(full[4:8], [])) == list(range(8))  # epoch 1 is a full pass, in its GRIT order

@@ -1,11 +1,15 @@
 """CosMo's trainer: pair, interleaved and video batches with their own weights; contrastive term on pairs only."""
 
+from types import SimpleNamespace
+
 import torch
 
 from cosmo_vl.modeling.cross_attention import GatedCrossAttentionBlock
 from cosmo_vl.modeling.lm_split import MultimodalDecoderLayer
 from cosmo_vl.modeling.modeling_cosmo import CosmoVisualCache
 
+from .losses import gather_with_grad
+from .objectives import gather_no_grad, gather_token_rows
 from .vl_trainer import VLTrainer, batch_type
 from .vlp_options import last_token_states
 
@@ -55,6 +59,13 @@ class CosmoTrainer(VLTrainer):
         out = model.model(input_ids=inputs["input_ids"][text_index], attention_mask=mask, visual_cache=cache,
                           use_cache=False, return_loss=False)
         return last_token_states(out.last_hidden_state, mask)  # (N, H)
+
+    def itm_gather(self, model, inputs: dict, outputs) -> tuple[dict, SimpleNamespace]:
+        visual = outputs.visual_cache
+        cache = CosmoVisualCache(gather_with_grad(visual.latents), gather_with_grad(visual.contrastive_latents),
+                                 gather_no_grad(visual.media_mask))
+        ids, mask = gather_token_rows(inputs["input_ids"], inputs.get("attention_mask"))
+        return {"input_ids": ids, "attention_mask": mask}, SimpleNamespace(visual_cache=cache)
 
     def momentum_parameter_names(self, model) -> list[str]:
         depth = model.config.unimodal_depth

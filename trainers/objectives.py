@@ -42,6 +42,21 @@ def gather_features(tensor: torch.Tensor, with_grad: bool = True) -> tuple[torch
 
 
 @torch.no_grad()
+def gather_token_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the global batch: every process's rows, right-padded (id 0, mask 0) to the
+    longest local length, since processes pad their batches to different lengths."""
+    mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+    _, size = world()
+    if size == 1:
+        return input_ids, mask
+    length = torch.tensor([input_ids.shape[1]], device=input_ids.device)
+    dist.all_reduce(length, op=dist.ReduceOp.MAX)
+    pad = int(length) - input_ids.shape[1]
+    ids, mask = (torch.nn.functional.pad(t, (0, pad)) for t in (input_ids, mask))
+    return gather_no_grad(ids), gather_no_grad(mask)
+
+
+@torch.no_grad()
 def enqueue_gathered(queue: FeatureQueue, features: torch.Tensor) -> None:
     """Enqueue the momentum features of the global batch, so every process keeps the same queue (ALBEF)."""
     queue.enqueue(gather_no_grad(features.detach()))
@@ -111,6 +126,7 @@ class GroupedHardNegativeSampler(Sampler[int]):
         self._seen = torch.zeros(num_samples, dtype=torch.bool)
         self._cursor = 0
         self._order: list[int] = []  # global order of the running epoch
+        self._resumed = False
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -169,12 +185,38 @@ class GroupedHardNegativeSampler(Sampler[int]):
         return order
 
     def __iter__(self) -> Iterator[int]:
+        if self._resumed:  # the interrupted epoch again: its order and what it had recorded come from the checkpoint
+            self._resumed = False
+            return iter(self._local_order())
         self._order = self._epoch_order()
         # What was recorded during the previous epoch ordered this one; start recording afresh.
         self._image = self._text = None
         self._seen.zero_()
         self._cursor = 0
         return iter(self._local_order())
+
+    # ------------------------------------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that resume the running epoch exactly: its order (made from the previous epoch's embeddings,
+        which are gone) and the embeddings recorded so far (they order the next epoch)."""
+        state = {"order": torch.tensor(self._order, dtype=torch.long), "seen": self._seen.clone(),
+                 "epoch_cursor": torch.tensor([self.epoch, self._cursor], dtype=torch.long)}
+        if self._image is not None:
+            state.update(image=self._image.clone(), text=self._text.clone())
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore `state_dict()`; the next `__iter__` replays that epoch's order (the Trainer then skips the
+        batches already trained) instead of computing a new one."""
+        if state["seen"].numel() != self.num_samples:
+            raise ValueError(f"The GRIT sampler state covers {state['seen'].numel()} samples, the dataset has "
+                             f"{self.num_samples}: resume with the same training data.")
+        self._order = state["order"].tolist()
+        self._seen = state["seen"].clone()
+        self.epoch, self._cursor = (int(v) for v in state["epoch_cursor"])
+        self._image = state["image"].clone() if "image" in state else None
+        self._text = state["text"].clone() if "text" in state else None
+        self._resumed = bool(self._order)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -186,6 +228,7 @@ __all__ = [
     "GroupedHardNegativeSampler",
     "enqueue_gathered",
     "gather_features",
+    "gather_token_rows",
     "gather_no_grad",
     "gather_with_grad",
     "greedy_hard_negative_chain",

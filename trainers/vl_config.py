@@ -49,7 +49,8 @@ class VLTrainingArguments(TrainingArguments):
     itm_loss_weight: float = field(
         default=0.0,
         metadata={
-            "help": "Weight of image-text matching with in-batch hard negatives (0 = off). The trainer owns the "
+            "help": "Weight of image-text matching with in-batch hard negatives, drawn from the global batch with "
+            "several processes and gather_contrastive (0 = off). The trainer owns the "
             "binary ITM head; the model-specific fused representation comes from the trainer (CosmoTrainer: the "
             "last token of the caption after the cross-attention layers)."
         },

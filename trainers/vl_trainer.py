@@ -26,14 +26,21 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, unwrap_peft_model
 
-from cosmo_vl.modeling.vlp_objectives import alpha_ramp, image_text_matching_loss, itm_negatives, momentum_contrastive_loss
+from cosmo_vl.modeling.vlp_objectives import (
+    alpha_ramp,
+    hardest_negatives,
+    image_text_matching_loss,
+    momentum_contrastive_loss,
+    sample_hard_negatives,
+)
 
 from .checkpoints import SafetensorsCheckpointMixin
 from .losses import distributed_contrastive_loss, world
-from .objectives import GroupedHardNegativeSampler, enqueue_gathered
+from .objectives import GroupedHardNegativeSampler, enqueue_gathered, gather_no_grad
 from .vlp_options import (
     CHECKPOINT_NAME,
     INDEX_KEY,
+    SAMPLER_CHECKPOINT_NAME,
     IndexedCollator,
     IndexedDataset,
     ObjectiveState,
@@ -170,6 +177,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         args = self.args
         self.objectives: ObjectiveState | None = None
         self._grit_sampler: GroupedHardNegativeSampler | None = None
+        self._grit_resume_state: dict | None = None
         self._ema_step, self._heads_zeroed_at = 0, -1
         if args.grit_sampler and self.train_dataset is not None:
             if isinstance(self.train_dataset, torch.utils.data.IterableDataset) or not has_length(self.train_dataset):
@@ -207,6 +215,11 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         """(N, H) fused representation of the pairs (image `image_index[k]`, text `text_index[k]`) of the batch."""
         raise NotImplementedError(f"{type(self).__name__} has no ITM fusion for {type(model).__name__}.")
 
+    def itm_gather(self, model, inputs: dict, outputs) -> tuple[dict, object]:
+        """(inputs, outputs) of the global batch, in the form `itm_fused` reads, the media features gathered with
+        gradients (a negative's image then trains the process that encoded it, as ALBEF's all_gather_with_grad)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot gather ITM pairs across processes.")
+
     def contrastive_features(self, model, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised (image, text) contrastive features of a pair batch, as the training forward computes them."""
         image_kwargs = {k: inputs[k] for k in ("media_mask", "frame_mask") if inputs.get(k) is not None}
@@ -234,7 +247,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
             return self.args.distillation_warmup_steps
         return math.ceil(self.state.max_steps / max(1, self.state.num_train_epochs))  # one epoch
 
-    def _objective_terms(self, model, inputs: dict, outputs) -> dict:
+    def _objective_terms(self, model, inputs: dict, outputs, gathered: bool = False) -> dict:
         """`contrastive_loss` with momentum distillation and/or `itm_loss`, for a training contrastive batch."""
         terms: dict = {}
         base = self._base_model()
@@ -257,24 +270,39 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
                 enqueue_gathered(state.image_queue, image_m)
                 enqueue_gathered(state.text_queue, text_m)
         if state.itm_head is not None:
-            itm = self._itm_loss(base, inputs, outputs)
+            itm = self._itm_loss(base, inputs, outputs, gathered=gathered)
             if itm is not None:
                 terms["itm_loss"] = itm
         return terms
 
-    def _itm_loss(self, model, inputs: dict, outputs):
-        """ITM on the B positive pairs and 2B in-batch hard negatives (one image per text, one text per image),
-        drawn from the contrastive similarities; None when every caption of the batch is the same."""
-        sim_i2t = outputs.logits_per_image.detach()  # (B, B), local rows and columns
-        b = sim_i2t.shape[0]
-        positives = same_text_mask(inputs["input_ids"], inputs.get("attention_mask"))
-        if b < 2 or bool(positives.all(dim=1).any()):
+    def _itm_loss(self, model, inputs: dict, outputs, gathered: bool = False):
+        """ITM on the B positive pairs and 2B hard negatives (one image per text, one text per image) drawn from the
+        contrastive similarities against the global batch when `gathered` (every process has a contrastive batch),
+        else the local one; None when every caption of that batch is the same."""
+        b = inputs["input_ids"].shape[0]
+        if gathered:
+            pool_inputs, pool_outputs = self.itm_gather(model, inputs, outputs)
+            images = gather_no_grad(outputs.image_embeds.detach())  # (N, D)
+            texts = gather_no_grad(outputs.text_embeds.detach())
+            offset = world()[0] * b
+        else:
+            pool_inputs, pool_outputs, offset = inputs, outputs, 0
+            images, texts = outputs.image_embeds.detach(), outputs.text_embeds.detach()
+        scale = outputs.logit_scale.detach()
+        sim_i2t = scale * outputs.image_embeds.detach() @ texts.t()  # (B, N): local images vs pool texts
+        sim_t2i = scale * outputs.text_embeds.detach() @ images.t()  # (B, N): local texts vs pool images
+        # Pool pair j is a positive of local pair i when its caption is pair i's (so both directions share the mask).
+        positives = same_text_mask(inputs["input_ids"], inputs.get("attention_mask"), pool_inputs["input_ids"],
+                                   pool_inputs.get("attention_mask"))
+        if b < 2 or bool(positives.all(dim=1).any()):  # the same on every process: all captions are one text
             return None
-        neg_images, neg_texts = itm_negatives(sim_i2t, sim_i2t.t(), self.args.itm_negatives, positives)
-        rows = torch.arange(b, device=sim_i2t.device)
+        pick = sample_hard_negatives if self.args.itm_negatives == "sample" else hardest_negatives
+        neg_images, neg_texts = pick(sim_t2i, positives), pick(sim_i2t, positives)  # (B,) pool indices
+        rows = torch.arange(b, device=sim_i2t.device) + offset
         fused = torch.cat([
             self.itm_positive_fused(model, inputs, outputs),  # (B, H) matched
-            self.itm_fused(model, inputs, outputs, torch.cat([neg_images, rows]), torch.cat([rows, neg_texts])),
+            self.itm_fused(model, pool_inputs, pool_outputs, torch.cat([neg_images, rows]),
+                           torch.cat([rows, neg_texts])),
         ])  # (3B, H)
         head = self.objectives.itm_head
         logits = head(fused.to(head.classifier.weight.dtype))
@@ -304,6 +332,8 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
             len(dataset), self._train_batch_size, self.args.grit_search_size, seed=self.args.seed,
             drop_last=self.args.dataloader_drop_last,
         )
+        if self._grit_resume_state is not None:  # the checkpoint was read before the dataloader was built
+            self._grit_sampler.load_state_dict(self._grit_resume_state)
         return self._grit_sampler
 
     def create_optimizer(self, model=None):
@@ -332,16 +362,27 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         return loss
 
     def _save_checkpoint(self, model, trial) -> None:
-        if self.objectives is not None and self.args.should_save:
-            # Written before the Trainer's files, so a folder with a trainer_state.json has it too.
+        if (self.objectives is not None or self._grit_sampler is not None) and self.args.should_save:
+            # Written before the Trainer's files, so a folder with a trainer_state.json has them too.
             folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             os.makedirs(folder, exist_ok=True)
-            state = {k: v.detach().contiguous() for k, v in self.objectives.state_dict().items()}
-            save_file(state, os.path.join(folder, CHECKPOINT_NAME))
+            if self.objectives is not None:
+                state = {k: v.detach().contiguous() for k, v in self.objectives.state_dict().items()}
+                save_file(state, os.path.join(folder, CHECKPOINT_NAME))
+            if self._grit_sampler is not None:  # the same on every process: the embeddings are gathered
+                save_file(self._grit_sampler.state_dict(), os.path.join(folder, SAMPLER_CHECKPOINT_NAME))
         super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)
+        sampler_path = os.path.join(resume_from_checkpoint, SAMPLER_CHECKPOINT_NAME)
+        if self.args.grit_sampler and os.path.isfile(sampler_path):
+            self._grit_resume_state = load_file(sampler_path)
+            if self._grit_sampler is not None:  # the dataloader was built first
+                self._grit_sampler.load_state_dict(self._grit_resume_state)
+        elif self.args.grit_sampler:
+            logger.warning("%s has no %s: the GRIT sampler starts its epoch with a new order.",
+                           resume_from_checkpoint, SAMPLER_CHECKPOINT_NAME)
         if self.objectives is None:
             return
         path = os.path.join(resume_from_checkpoint, CHECKPOINT_NAME)
@@ -421,7 +462,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
             )
         if model.training and contrastive and getattr(outputs, "image_embeds", None) is not None:
             if objectives:
-                components.update(self._objective_terms(model, inputs, outputs))
+                components.update(self._objective_terms(model, inputs, outputs, gathered=gather))
             self._record_grit(outputs, dataset_index)
         components = {name: value for name, value in components.items() if value is not None}
         if not components:

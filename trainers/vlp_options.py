@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from cosmo_vl.modeling.vlp_objectives import FeatureQueue, ITMHead
 
 CHECKPOINT_NAME = "vlp_objectives.safetensors"
+SAMPLER_CHECKPOINT_NAME = "grit_sampler.safetensors"
 INDEX_KEY = "dataset_index"
 
 
@@ -96,10 +97,25 @@ def last_token_states(hidden_states: torch.Tensor, attention_mask: torch.Tensor 
     return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), last]
 
 
-def same_text_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, B) bool: True where two rows hold the same text (padding ignored); such pairs are positives for ITM."""
-    ids = input_ids if attention_mask is None else input_ids.masked_fill(~attention_mask.bool(), -1)
-    return (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
+def text_fingerprints(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, T) token ids -> (B,) int64 hash of each row's real tokens, whatever the padding side or the padded
+    length (rows of different processes compare): equal texts give equal fingerprints."""
+    real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    position = (real.long().cumsum(dim=1) - 1).clamp_min(0)  # index among the row's real tokens
+    # An odd 64-bit multiplier per position (splitmix-style mixing of the index); int64 products wrap around.
+    mixed = (position + 1) * -7046029254386353131  # 0x9E3779B97F4A7C15 as a signed int64
+    mixed = (mixed ^ (mixed >> 31)) * -4658895280553007687  # 0xBF58476D1CE4E5B9
+    terms = (input_ids.long() + 1) * (mixed | 1)
+    return torch.where(real, terms, torch.zeros_like(terms)).sum(dim=1) + real.sum(dim=1)
+
+
+def same_text_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                   pool_ids: torch.Tensor | None = None, pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N) bool: True where row i and pool row j hold the same text (padding ignored; the pool defaults to the
+    rows themselves, e.g. the global batch when gathered); such pairs are positives for ITM."""
+    local = text_fingerprints(input_ids, attention_mask)
+    pool = local if pool_ids is None else text_fingerprints(pool_ids, pool_mask)
+    return local[:, None] == pool[None, :]
 
 
 class IndexedDataset(Dataset):
@@ -151,6 +167,7 @@ class IndexedCollator:
 
 __all__ = [
     "CHECKPOINT_NAME",
+    "SAMPLER_CHECKPOINT_NAME",
     "INDEX_KEY",
     "IndexedCollator",
     "IndexedDataset",
@@ -158,4 +175,5 @@ __all__ = [
     "last_token_states",
     "momentum_features",
     "same_text_mask",
+    "text_fingerprints",
 ]

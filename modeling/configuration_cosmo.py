@@ -38,6 +38,9 @@ class CosmoConfig(PreTrainedConfig):
             CosMo reference; False keeps them independent of it (exact OpenFlamingo conversions, which have none).
         resampler_spatial_tokens: learned spatial embeddings for this many vision tokens per frame, added before
             the resampler (0: none, as the papers; towers trained from scratch need them to keep object positions).
+        sincos_position_init: initialise the learned patch positions of a vision tower built from its config, and the
+            resampler's spatial embeddings, with 2D sin-cos tables (MAE) instead of random values (pretrained towers
+            keep theirs). Tiny towers trained from scratch need it to tell top from bottom.
         contrastive_dim: width of the joint image-text embedding space.
         contrastive_loss_weight: weight `w` of the contrastive term in `loss = lm_loss + w * contrastive_loss`.
         logit_scale_init_value: initial log logit scale (0.2 as the CosMo reference; CLIP uses 2.6592).
@@ -94,6 +97,7 @@ class CosmoConfig(PreTrainedConfig):
     vision_feature_select_strategy: str = "full"
     resampler_extra_latents_as_keys: bool = True
     resampler_spatial_tokens: int = 0
+    sincos_position_init: bool = False
     contrastive_dim: int = 512
     contrastive_loss_weight: float = 1.0
     logit_scale_init_value: float = 0.2

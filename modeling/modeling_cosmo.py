@@ -15,6 +15,7 @@ from .cross_attention import GatedCrossAttentionBlock
 from .lm_split import split_language_model
 from .media_masks import media_index_from_ids
 from .pooling import AttentionPooling
+from .position_tables import init_sincos_positions, init_tower_sincos_positions
 from .resampler import PerceiverResampler
 from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .visual_context import StopAtSplit, VisualContext
@@ -101,7 +102,9 @@ class CosmoPreTrainedModel(PreTrainedModel):
             init.zeros_(module.frame_embeddings)
             if module.media_position_embeddings is not None:
                 init.zeros_(module.media_position_embeddings)
-            if module.spatial_embeddings is not None:
+            if module.spatial_embeddings is not None and self.config.sincos_position_init:
+                init_sincos_positions(module.spatial_embeddings)
+            elif module.spatial_embeddings is not None:
                 init.normal_(module.spatial_embeddings, std=std)
         elif isinstance(module, GatedCrossAttentionBlock):
             init.constant_(module.attn_gate, self.config.cross_attention_gate_init)
@@ -125,6 +128,8 @@ class CosmoModel(CosmoPreTrainedModel):
         super().__init__(config)
         if vision_model is None:
             vision_model = AutoModel.from_config(config.vision_config)
+            if config.sincos_position_init:
+                init_tower_sincos_positions(vision_model)
         else:
             mark_initialized(vision_model)
         language_model = AutoModel.from_config(config.text_config) if causal_lm is None else causal_lm.base_model

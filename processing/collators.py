@@ -103,7 +103,7 @@ class VLCollator:
         texts = [t for t, _ in samples]
         media = [m for _, m in samples]
         kwargs = dict(return_tensors="pt", max_length=self.max_length, truncation=self.truncation,
-                      return_labels=self.return_labels)
+                      return_labels=self.return_labels, padding_side="right")  # training rows start at position 0
         if any(media):
             return self.processor(text=texts, media=media, **kwargs)
         return self.processor(text=texts, **kwargs)

@@ -183,6 +183,45 @@ class CosmoProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "media_mask", "frame_mask"]
 
     # ------------------------------------------------------------------------------------------------------------
+    # chat messages
+    # ------------------------------------------------------------------------------------------------------------
+    def apply_chat_template(self, conversation, chat_template=None, tokenize: bool = False, return_dict: bool = False,
+                            continue_final_message: bool = False, add_generation_prompt: bool = True,
+                            processor_kwargs: dict | None = None, **kwargs):
+        """Messages -> the interleaved prompt (`messages_to_prompt`): each image / video item becomes `<visual>`,
+        every finished assistant turn ends with `<|endofchunk|>`; with `tokenize=True` the prompts and their media
+        (in message order, images and videos mixed) go through `__call__` (what the image-text-to-text pipeline
+        calls with chats). Written here because transformers' template path hands images and videos to the
+        processor as two lists, losing their order in interleaved documents.
+
+        conversation: one list of messages, or a list of them (a batch); `chat_template` must be None (the format
+        is fixed by the model); `add_generation_prompt` needs nothing (a prompt ending with a user turn is ready);
+        `continue_final_message` leaves a final assistant turn open (prefill). Other keyword arguments (and
+        `processor_kwargs`) go to `__call__`."""
+        from .prompts import messages_to_prompt
+
+        if chat_template is not None:
+            raise ValueError("CosmoProcessor builds prompts itself (see messages_to_prompt); do not pass chat_template.")
+        conversations = [conversation] if conversation and isinstance(conversation[0], dict) else list(conversation)
+        texts, media = [], []
+        for messages in conversations:
+            prompt = messages_to_prompt(messages, media_token=self.media_token, endofchunk_token=self.endofchunk_token)
+            text = prompt.text
+            if continue_final_message and messages[-1].get("role") == "assistant" and text.endswith(self.endofchunk_token):
+                text = text[: -len(self.endofchunk_token)]
+            texts.append(text)
+            media.append(prompt.media)
+        if not tokenize:
+            return texts[0] if isinstance(conversation[0], dict) else texts
+        call_kwargs = {**(processor_kwargs or {}), **{k: v for k, v in kwargs.items() if k != "return_assistant_tokens_mask"}}
+        has_media = any(media)
+        if has_media and not all(len(m) == t.count(self.media_token) for m, t in zip(media, texts)):
+            raise ValueError("Every image / video item of the messages must carry its object ('image': PIL image or "
+                             "path, 'video': frames) when tokenize=True.")
+        out = self(text=texts, media=media if has_media else None, **call_kwargs)
+        return out if return_dict else out["input_ids"]
+
+    # ------------------------------------------------------------------------------------------------------------
     # main entry point
     # ------------------------------------------------------------------------------------------------------------
     def __call__(
@@ -213,7 +252,8 @@ class CosmoProcessor(ProcessorMixin):
             media: per sample a mixed, ordered list of images and videos (instead of ``images`` / ``videos``).
             return_tensors: ``"pt"`` (default), ``"np"`` or ``None``.
             padding: ``True`` / ``"longest"``, ``"max_length"`` (pad to ``max_length``) or ``False``.
-            padding_side: ``"right"`` or ``"left"`` (default: the tokenizer's).
+            padding_side: ``"right"`` or ``"left"`` (default: right with ``return_labels``, else the tokenizer's; the
+                shipped processors pad prompts on the left, as batched generation and the pipelines need).
             max_length: longest allowed sequence (tokens, special tokens included).
             truncation: cut sequences longer than ``max_length`` (from the right) instead of raising.
             return_labels: training format: append ``<|endofchunk|>`` (unless the text already ends with it) and
@@ -351,7 +391,8 @@ class CosmoProcessor(ProcessorMixin):
         return_labels: bool,
         return_tensors,
     ) -> dict:
-        side = padding_side or getattr(self.tokenizer, "padding_side", "right") or "right"
+        # Training rows (labels) start at position 0: right padding; prompts follow the tokenizer (left for generation).
+        side = padding_side or ("right" if return_labels else getattr(self.tokenizer, "padding_side", None) or "right")
         if side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}.")
         labels = [self.build_labels(x) for x in ids] if return_labels else None

@@ -66,6 +66,8 @@ def load_default_processor(image_size: int = 224, max_num_frames: int | None = N
 
     if image_processor is None:
         image_processor = default_image_processor(image_size)
+    # Prompts padded on the left: batched generation and the pipelines (which pad with the tokenizer's side) need it.
     return CosmoProcessor(
-        image_processor=image_processor, tokenizer=load_default_tokenizer(), max_num_frames=max_num_frames, **kwargs
+        image_processor=image_processor, tokenizer=load_default_tokenizer(padding_side="left"),
+        max_num_frames=max_num_frames, **kwargs
     )

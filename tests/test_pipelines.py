@@ -9,7 +9,7 @@ import textwrap
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from transformers import pipeline
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
 import cosmo_vl
 from cosmo_vl.modeling import CosmoForConditionalGeneration
@@ -87,7 +87,9 @@ def test_pipelines_as_remote_code_without_package(folder, tmp_path):
         pooled = fe(image, pool=True, return_tensors=True)
         gen = pipeline("image-text-to-text", model={str(folder)!r}, trust_remote_code=True)
         text = gen(images=image, text="<visual>", max_new_tokens=3)[0]["generated_text"]
-        print(json.dumps({{"scores": scores, "pooled": list(pooled.shape), "text": text}}))
+        chat = [{{"role": "user", "content": [{{"type": "image", "image": image}}, {{"type": "text", "text": "Output:"}}]}}]
+        reply = gen(text=chat, max_new_tokens=3)[0]["generated_text"][-1]
+        print(json.dumps({{"scores": scores, "pooled": list(pooled.shape), "text": text, "reply": reply["role"]}}))
         """
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
@@ -97,4 +99,77 @@ def test_pipelines_as_remote_code_without_package(folder, tmp_path):
     for label, value in zip(LABELS, expected):
         assert abs(got["scores"][label] - value) < 1e-5
     assert got["pooled"] == [1, get_config("cosmo-tiny").contrastive_dim]
-    assert got["text"].startswith("<visual>")
+    assert got["text"].startswith("<visual>") and got["reply"] == "assistant"
+
+
+# ------------------------------------------------------------------------------------ chats, video, batches, dtype
+def _chat(first, second, caption):
+    """Two-shot captioning in messages form: the CosMo prompt `<visual>Output: ...<|endofchunk|><visual>Output:`."""
+    return [{"role": "user", "content": [{"type": "image", "image": first}, {"type": "text", "text": "Output:"}]},
+            {"role": "assistant", "content": caption},
+            {"role": "user", "content": [{"type": "image", "image": second}, {"type": "text", "text": "Output:"}]}]
+
+
+def _video_chat(frames):
+    return [{"role": "user", "content": [{"type": "video", "video": frames}, {"type": "text", "text": "Output:"}]}]
+
+
+@pytest.fixture(scope="module", params=["cosmo-tiny", "simvlg-tiny"])
+def trained_folder(request, tmp_path_factory):
+    """A briefly trained model (distinct greedy continuations per image), saved with its processor."""
+    from cosmo_vl.modeling import SimVlgForConditionalGeneration
+
+    torch.manual_seed(0)
+    name = request.param
+    cls = CosmoForConditionalGeneration if name.startswith("cosmo") else SimVlgForConditionalGeneration
+    model, processor = cls(get_config(name)), get_processor(name)
+    captions = {(220, 40, 40): "a red circle", (40, 40, 220): "a blue circle"}
+    batch = processor(text=[f"<visual>Output: {c}" for c in captions.values()],
+                      images=[[_image(colour)] for colour in captions], return_labels=True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(60):
+        optimizer.zero_grad()
+        model(**batch).loss.backward()
+        optimizer.step()
+    path = tmp_path_factory.mktemp(name)
+    model.eval().save_pretrained(path)
+    processor.save_pretrained(path)
+    return path
+
+
+def _greedy(folder, messages, max_new_tokens=6):
+    """The continuation `generate` gives for the prompt the processor builds from `messages` (no pipeline)."""
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def test_chat_video_batched_and_dtype_pipelines(trained_folder):
+    red, blue = _image((220, 40, 40)), _image((40, 40, 220))
+    processor = AutoProcessor.from_pretrained(trained_folder)
+    assert processor.apply_chat_template(_chat(red, blue, "a red circle")) == (
+        "<visual>Output: a red circle<|endofchunk|><visual>Output:")
+    generator = pipeline("image-text-to-text", model=str(trained_folder))
+    two_shot = _chat(blue, red, "a blue circle")
+    reply = generator(text=two_shot, max_new_tokens=6)[0]["generated_text"]
+    assert reply[:-1] == two_shot and reply[-1]["role"] == "assistant"
+    assert reply[-1]["content"] == _greedy(trained_folder, two_shot)
+    # prompts of different lengths in one batch: left padded, the same answers as one by one
+    chats = [_chat(blue, red, "a blue circle")[2:],
+             [{"role": "user", "content": [{"type": "image", "image": blue}, {"type": "text", "text": "Output: a"}]}]]
+    single = [generator(text=c, max_new_tokens=6)[0]["generated_text"][-1]["content"] for c in chats]
+    assert single[0] != single[1]  # the answer depends on the image
+    batched = generator(text=chats, max_new_tokens=6, batch_size=2)
+    assert [out[0]["generated_text"][-1]["content"] for out in batched] == single
+
+    frames = [red, blue, red]
+    video = processor.apply_chat_template(_video_chat(frames), tokenize=True, return_dict=True)
+    assert video["pixel_values"].shape[:3] == (1, 1, 3) and video["frame_mask"].all()
+    answer = generator(text=_video_chat(frames), max_new_tokens=6)[0]["generated_text"][-1]["content"]
+    assert answer == _greedy(trained_folder, _video_chat(frames))
+
+    half = pipeline("image-text-to-text", model=str(trained_folder), dtype=torch.bfloat16, device="cpu")
+    assert half.model.dtype == torch.bfloat16 and half.device.type == "cpu"
+    assert isinstance(half(text=chats[0], max_new_tokens=3)[0]["generated_text"][-1]["content"], str)

@@ -19,6 +19,7 @@ resident set size of one measurement is not polluted by another.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -199,6 +200,35 @@ def machine_info() -> dict:
     except Exception:
         pass
     return info
+
+
+def peer_cli(description: str, quick_help: str, argv=None):
+    """The command line both peer benchmarks share (`--output`, `--quick`, `--venv`, and the hidden `--worker` a
+    benchmark re-invokes itself with inside the peer venv). Returns (args, the venv's python); the python is None
+    when this process was a worker and has already done its task."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output", type=Path, help="JSON file to write")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="OpenFlamingo venv (created if absent)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-output", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        import _workload
+
+        _workload.worker_main(args.worker, args.worker_output)
+        return args, None
+    if args.output is None:
+        parser.error("--output is required")
+    return args, ensure_peer_venv(args.venv)
+
+
+def peer_machine_info(python: Path) -> dict:
+    """`machine_info()` as seen from the peer venv's interpreter (its torch / transformers / open-flamingo)."""
+    code = (f"import sys, json; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import _peer_env; "
+            "print(json.dumps(_peer_env.machine_info()))")
+    out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
 
 
 def median(values):

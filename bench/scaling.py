@@ -18,7 +18,6 @@ on a small CPU: absolute times are noisy, the trends and the ours/peer ratios ar
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -49,22 +48,10 @@ def point(axis: str, value: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path)
-    parser.add_argument("--quick", action="store_true", help="the two ends of each series and fewer steps")
-    parser.add_argument("--venv", type=Path, default=_peer_env.DEFAULT_VENV)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-output", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        import _workload
-
-        _workload.worker_main(args.worker, args.worker_output)
+    args, python = _peer_env.peer_cli(__doc__.split("\n\n")[0], "the two ends of each series and fewer steps", argv)
+    if python is None:
         return 0
-    if args.output is None:
-        parser.error("--output is required")
     start = time.perf_counter()
-    python = _peer_env.ensure_peer_venv(args.venv)
     warmup, iters = (1, 3) if args.quick else (2, 5)
     out = {"benchmark": "scaling", "quick": args.quick, "shape": SHAPE, "series": {}}
     for axis, values in series(args.quick).items():
@@ -105,10 +92,7 @@ def main(argv=None) -> int:
             out["series"][axis] = rows
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.with_suffix(".partial.json").write_text(json.dumps(out, indent=2))
-    info = json.loads(__import__("subprocess").run(
-        [str(python), "-c", "import sys, json; sys.path.insert(0, %r); import _peer_env; "
-         "print(json.dumps(_peer_env.machine_info()))" % str(Path(__file__).resolve().parent)],
-        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    info = _peer_env.peer_machine_info(python)
     out["details"] = {
         "machine": info,
         "load_average_at_end": os.getloadavg(),

@@ -34,7 +34,6 @@ No math of OpenFlamingo is changed. Absolute CPU timings are noisy (2 shared cor
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -177,29 +176,12 @@ def summarise(results: dict, quick: bool, info: dict, wall: float) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, help="JSON file to write")
-    parser.add_argument("--quick", action="store_true", help="smaller shapes and fewer iterations (minutes on 2 cores)")
-    parser.add_argument("--venv", type=Path, default=_peer_env.DEFAULT_VENV, help="OpenFlamingo venv (created if absent)")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--worker-output", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.worker:
-        import _workload
-
-        _workload.worker_main(args.worker, args.worker_output)
+    args, python = _peer_env.peer_cli(__doc__.split("\n\n")[0], "smaller shapes and fewer iterations (minutes on 2 cores)",
+                                      argv)
+    if python is None:
         return 0
-    if args.output is None:
-        parser.error("--output is required")
     start = time.perf_counter()
-    python = _peer_env.ensure_peer_venv(args.venv)
-    info = json.loads(
-        __import__("subprocess").run(
-            [str(python), "-c", "import sys, json; sys.path.insert(0, %r); import _peer_env; "
-             "print(json.dumps(_peer_env.machine_info()))" % str(Path(__file__).resolve().parent)],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
-    )
+    info = _peer_env.peer_machine_info(python)
     print(f"[vs_openflamingo] torch {info['torch']}, transformers {info['transformers']}, "
           f"open-flamingo {info.get('open_flamingo')}, {info['cpu_count']} CPUs ({info.get('cpu_model')})")
     results = {}

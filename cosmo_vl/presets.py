@@ -84,6 +84,10 @@ def _cosmo_tiny() -> CosmoConfig:
         # At width 64 the usual 0.02 leaves the resampler's attention uniform (query . key ~ 0) for thousands of
         # steps; ~1/sqrt(width) lets it learn where objects are.
         initializer_range=0.08,
+        # Position tables start as 2D sin-cos codes, and the gates open (tanh 1 = 0.76): random tables never told top
+        # from bottom in the default run, closed gates delay reading the image (README, default-run figures).
+        sincos_position_init=True,
+        cross_attention_gate_init=1.0,
     )
 
 
@@ -302,6 +306,7 @@ def get_processor(name: str, tokenizer=None, **kwargs) -> "CosmoProcessor | Blip
         )
     processor = load_default_processor(image_size=_IMAGE_SIZES.get(name, 224), **kwargs)
     if tokenizer is not None:
+        tokenizer.padding_side = "left"  # prompts for generation; training rows are right padded by the processor
         processor.tokenizer = tokenizer
     return processor
 

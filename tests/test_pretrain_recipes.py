@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -97,6 +98,24 @@ def test_architecture_defaults_replace_only_untouched_cosmo_defaults():
     args, _, training_args = parser.parse_args_into_dataclasses(args=argv)
     training_args = apply_defaults(args, training_args, pretrain.DEFAULTS)
     assert training_args.output_dir == "mine" and training_args.learning_rate == 2e-3
+
+
+def test_single_cpu_process_uses_every_core(monkeypatch):
+    """`accelerate launch` without a GPU exports OMP_NUM_THREADS=1; the script gives a lone CPU process all cores."""
+    before = torch.get_num_threads()
+    monkeypatch.setattr(pretrain.os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    try:
+        torch.set_num_threads(1)
+        single = SimpleNamespace(device=torch.device("cpu"), world_size=1)
+        pretrain.use_cpu_threads(None, single)
+        assert torch.get_num_threads() == 3
+        pretrain.use_cpu_threads(2, single)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        pretrain.use_cpu_threads(None, SimpleNamespace(device=torch.device("cpu"), world_size=2))  # DDP: kept
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------------------- SimVLG

@@ -162,12 +162,14 @@ def test_auto_classes_round_trip(processor, tmp_path):
 
 def test_remote_code_round_trip_without_the_package(processor, tmp_path):
     model = _model()
-    cosmo_vl.enable_remote_code(model)
+    cosmo_vl.enable_remote_code(model, processor)
     try:
         model.save_pretrained(tmp_path)
+        processor.save_pretrained(tmp_path)
     finally:
         type(model)._auto_class = None
         type(model.config)._auto_class = None
+        type(processor)._auto_class = None
     auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForImageTextToText"] == "modeling_simvlg.SimVlgForConditionalGeneration"
     copied = {p.name for p in tmp_path.glob("*.py")}
@@ -193,6 +195,12 @@ def test_remote_code_round_trip_without_the_package(processor, tmp_path):
             logits = model(**batch).logits
             generated = model.generate(**batch, max_new_tokens=3, do_sample=False, eos_token_id=None)
         torch.save({{"logits": logits, "generated": generated}}, {str(tmp_path / "outputs.pt")!r})
+        from PIL import Image
+        from transformers import pipeline
+        captioner = pipeline("image-text-to-text", model={str(tmp_path)!r}, trust_remote_code=True)
+        image = Image.new("RGB", (32, 32), (200, 30, 30))
+        chat = [{{"role": "user", "content": [{{"type": "image", "image": image}}, {{"type": "text", "text": "Output:"}}]}}]
+        assert captioner(text=chat, max_new_tokens=2)[0]["generated_text"][-1]["role"] == "assistant"
         """
     )
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}

@@ -101,15 +101,15 @@ def itm_negatives(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Negatives for image-text matching: (negative image index for each text, negative text index for each
-    image), from ``sim_t2i`` (N_txt, M_img) and ``sim_i2t`` (N_img, M_txt). ``mode``: "sample" (from the
-    similarity softmax, ALBEF/BLIP-2) or "hardest" (top-1, GRIT-VLP). ``positive_mask`` is for ``sim_i2t``; its
-    transpose is used for ``sim_t2i`` (both square in the local case)."""
-    t2i_mask = None if positive_mask is None else positive_mask.t()
+    image), from ``sim_t2i`` (N, M) (local texts vs pool images) and ``sim_i2t`` (N, M) (local images vs pool
+    texts). ``mode``: "sample" (from the similarity softmax, ALBEF/BLIP-2) or "hardest" (top-1, GRIT-VLP).
+    ``positive_mask`` (N, M): pool pair j is a positive of local pair i (same image id, same caption); the relation
+    is symmetric, so it serves both directions, also when the pool was gathered from every process."""
     if mode == "sample":
-        neg_images = sample_hard_negatives(sim_t2i, t2i_mask, offset, generator)
+        neg_images = sample_hard_negatives(sim_t2i, positive_mask, offset, generator)
         neg_texts = sample_hard_negatives(sim_i2t, positive_mask, offset, generator)
     elif mode == "hardest":
-        neg_images = hardest_negatives(sim_t2i, t2i_mask, offset)
+        neg_images = hardest_negatives(sim_t2i, positive_mask, offset)
         neg_texts = hardest_negatives(sim_i2t, positive_mask, offset)
     else:
         raise ValueError(f"mode must be 'sample' or 'hardest', got {mode!r}.")

@@ -75,6 +75,14 @@ def test_negatives_with_ids_and_hardest():
         assert not mask[torch.arange(4), idx].any()
     neg_images, neg_texts = itm_negatives(sim, sim.t(), mode="hardest")
     assert neg_texts.tolist() == [1, 0, 3, 2] and neg_images.tolist() == hardest_negatives(sim.t()).tolist()
+    # Local rows against a gathered pool (this process holds pool pairs 2 and 3): one (2, 4) mask, both directions.
+    pool_ids, local = torch.tensor([7, 8, 7, 9]), slice(2, 4)
+    rect = positives_from_ids(pool_ids[local], pool_ids)
+    neg_images, neg_texts = itm_negatives(sim[local], sim.t()[local], mode="hardest", positive_mask=rect)
+    for scores, got in ((sim[local], neg_texts), (sim.t()[local], neg_images)):
+        naive = [max((j for j in range(4) if pool_ids[j] != pool_ids[2 + i]), key=lambda j: scores[i, j].item())
+                 for i in range(2)]
+        assert got.tolist() == naive
     with pytest.raises(ValueError, match="no negative"):
         sample_hard_negatives(torch.zeros(1, 1))
     # Extreme logits (all negatives underflow) fall back to a uniform negative, never the positive.

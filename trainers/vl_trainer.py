@@ -26,13 +26,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, unwrap_peft_model
 
-from cosmo_vl.modeling.vlp_objectives import (
-    alpha_ramp,
-    hardest_negatives,
-    image_text_matching_loss,
-    momentum_contrastive_loss,
-    sample_hard_negatives,
-)
+from cosmo_vl.modeling.vlp_objectives import alpha_ramp, image_text_matching_loss, itm_negatives, momentum_contrastive_loss
 
 from .checkpoints import SafetensorsCheckpointMixin
 from .losses import distributed_contrastive_loss, world
@@ -296,8 +290,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
                                    pool_inputs.get("attention_mask"))
         if b < 2 or bool(positives.all(dim=1).any()):  # the same on every process: all captions are one text
             return None
-        pick = sample_hard_negatives if self.args.itm_negatives == "sample" else hardest_negatives
-        neg_images, neg_texts = pick(sim_t2i, positives), pick(sim_i2t, positives)  # (B,) pool indices
+        neg_images, neg_texts = itm_negatives(sim_i2t, sim_t2i, self.args.itm_negatives, positives)  # (B,) pool indices
         rows = torch.arange(b, device=sim_i2t.device) + offset
         fused = torch.cat([
             self.itm_positive_fused(model, inputs, outputs),  # (B, H) matched

@@ -1,22 +1,15 @@
 """bench/objectives.py end to end at a smoke size: every setting trains, is evaluated and lands in the JSON."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from script_loading import load_script
 
 
 @pytest.fixture(scope="module")
 def objectives():
-    spec = importlib.util.spec_from_file_location("bench_objectives", BENCH / "objectives.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_objectives"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/objectives.py", "bench_objectives")
 
 
 def test_setting_options_are_cumulative(objectives):

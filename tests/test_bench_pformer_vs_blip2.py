@@ -1,23 +1,16 @@
 """bench/pformer_vs_blip2.py end to end at a smoke size: both arms train and are evaluated, JSON keys present."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from script_loading import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_pformer_vs_blip2", BENCH / "pformer_vs_blip2.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_pformer_vs_blip2"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/pformer_vs_blip2.py", "bench_pformer_vs_blip2")
 
 
 def test_batches_and_greedy_padding(bench):

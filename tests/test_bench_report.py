@@ -1,22 +1,15 @@
 """The benchmark report renderer on small synthetic JSON files (no benchmark is run)."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from script_loading import load_script
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report", BENCH / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_report"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/report.py", "bench_report")
 
 
 def _train(step, peak, trainable, total):

@@ -1,17 +1,10 @@
 """bench/token_merge.py's quality comparison, run for a few steps (speed itself is not asserted)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
-BENCH = Path(__file__).resolve().parents[1] / "bench"
+from script_loading import load_script
 
 
 def test_quality_comparison_trains_both_settings_from_the_same_start():
-    spec = importlib.util.spec_from_file_location("bench_token_merge", BENCH / "token_merge.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_token_merge"] = module
-    spec.loader.exec_module(module)
+    module = load_script("bench/token_merge.py", "bench_token_merge")
     out = module.bench_simvlg_quality(steps=3, batch=4, eval_samples=4)
     assert set(out) >= {"r0", "r3", "exact_match_points_lost", "step_speedup", "settings"}
     for point in (out["r0"], out["r3"]):

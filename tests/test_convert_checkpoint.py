@@ -8,7 +8,6 @@ test creates it when it is missing; COSMO_VL_PEER_TESTS=0 skips those tests.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import sys
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _peer_env  # noqa: E402
 import _workload  # noqa: E402
+from script_loading import load_script  # noqa: E402
 from tiny_configs import tiny_text, tiny_vision  # noqa: E402
 
 WORKER = Path(__file__).resolve().parent / "openflamingo_reference_worker.py"
@@ -36,10 +36,7 @@ SHAPE = {"vision": {"width": 128, "layers": 2, "patch": 8, "image": 32},
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", REPO / "examples" / "convert_checkpoint.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("examples/convert_checkpoint.py", "convert_checkpoint")
 
 
 # ------------------------------------------------------------------------------------ synthetic checkpoints

@@ -1,8 +1,6 @@
 """examples/evaluate.py: every task on a tiny random model and tiny embedded corpora, and the k-shot prompts."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +9,12 @@ from cosmo_vl.modeling import CosmoForConditionalGeneration
 from cosmo_vl.presets import get_config, get_processor
 from cosmo_vl.processing import load_embedded_dataset, zero_shot_classes, zero_shot_prompts
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loading import load_script
+
 SIZES = {"num_train": 6, "num_test": 4}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("evaluate_example", ROOT / "examples" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-evaluate = _load_script()
+evaluate = load_script("examples/evaluate.py", "evaluate_example")
 
 
 @pytest.fixture(scope="module")

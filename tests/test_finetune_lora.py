@@ -1,8 +1,5 @@
 """LoRA fine-tuning of CosMo (examples/finetune_lora.py): where the adapters go, what trains, save/load/merge."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,17 +9,10 @@ from cosmo_vl.modeling import CosmoForConditionalGeneration  # noqa: E402
 from cosmo_vl.presets import get_config, get_processor  # noqa: E402
 from cosmo_vl.processing import VLCollator, load_any  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loading import load_script  # noqa: E402
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("finetune_lora", ROOT / "examples" / "finetune_lora.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ft = _load_example()
+ft = load_script("examples/finetune_lora.py", "finetune_lora")
 
 
 def _lora_args(**overrides):

@@ -1,7 +1,6 @@
 """examples/pretrain.py --model_type simvlg / blip2 [--pformer]: end to end in-process on tiny data, results and
 folders that load back."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -30,18 +29,12 @@ from cosmo_vl.trainers import CosmoTrainingArguments
 from cosmo_vl.trainers.blip2_recipe import Blip2PairCollator
 from cosmo_vl.trainers.recipes import RecipeArguments, apply_defaults
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loading import load_script
+
 CAPTION_KEYS = {"num_samples", "cider", "exact_match", "bleu4", "examples"}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("pretrain_example", ROOT / "examples" / "pretrain.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-pretrain = _load_script()
+pretrain = load_script("examples/pretrain.py", "pretrain_example")
 
 
 @pytest.fixture(scope="module")

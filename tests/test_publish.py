@@ -1,12 +1,10 @@
 """examples/publish.py: the dry-run folder is loadable as remote code without the package and carries a parsable card."""
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,19 +14,13 @@ from PIL import Image
 from cosmo_vl.modeling import CosmoForConditionalGeneration
 from cosmo_vl.presets import get_config, get_processor
 
-ROOT = Path(__file__).resolve().parents[1]
+from script_loading import load_script
+
 EVAL_RESULTS = {"task": "captioning", "dataset": "shapes-captions", "cider": 0.42, "bleu4": 0.1,
                 "i2t_r1": 0.25, "examples": [{"prediction": "a red circle"}]}
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("publish_example", ROOT / "examples" / "publish.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-publish = _load_script()
+publish = load_script("examples/publish.py", "publish_example")
 
 
 def _save_tiny(path, eval_results=None):

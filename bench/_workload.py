@@ -8,7 +8,8 @@ Shapes (a `shape` dict):
             loaded by both models (OpenFlamingo through its own `create_model_and_transforms`).
 Both models use the same resampler (6 layers, 8 x 64 heads, 64 latents) and cross-attention blocks (8 x 64, FF x4).
 OpenFlamingo cross-attends before every decoder layer (`cross_attn_every_n_layers=1`, as its 3B release); CosMo
-cross-attends before every upper layer from `unimodal_depth = layers / 2` (interval 1, as the released 2.1B model).
+cross-attends from `unimodal_depth = layers / 2` before every upper layer (interval 1, as the released 2.1B model) or
+every `cross_attention_interval`-th one (a task's `cross_attention_interval`). `lm_only` is the bare LM both wrap.
 Nothing in here needs the network: vision towers start from random weights (`clip_vision_encoder_pretrained=None`).
 """
 
@@ -73,7 +74,8 @@ def clip_vision_config(vision: dict):
     )
 
 
-def build_cosmo(shape: dict, lm_dir: Path, max_media: int = 16, max_frames: int = 16):
+def build_cosmo(shape: dict, lm_dir: Path, max_media: int = 16, max_frames: int = 16,
+                cross_attention_interval: int = 1):
     """CosMo around the saved LM and a random CLIP ViT; towers frozen (the CosMo recipe)."""
     from transformers import AutoModelForCausalLM, CLIPVisionModel
 
@@ -83,8 +85,9 @@ def build_cosmo(shape: dict, lm_dir: Path, max_media: int = 16, max_frames: int 
     vision = CLIPVisionModel(clip_vision_config(shape["vision"]))
     n = shape["lm"]["layers"]
     config = CosmoConfig(
-        vision_config=vision.config, text_config=causal_lm.config, unimodal_depth=n // 2, cross_attention_interval=1,
-        cross_attention_heads=8, cross_attention_head_dim=64, cross_attention_ff_mult=4, num_latents=64,
+        vision_config=vision.config, text_config=causal_lm.config, unimodal_depth=n // 2,
+        cross_attention_interval=cross_attention_interval, cross_attention_heads=8, cross_attention_head_dim=64,
+        cross_attention_ff_mult=4, num_latents=64,
         resampler_depth=6, resampler_heads=8, resampler_head_dim=64, resampler_ff_mult=4,
         max_num_media=max_media, max_num_frames=max_frames, media_token_id=MEDIA, endofchunk_token_id=EOC,
         freeze_vision_tower=True, freeze_language_model=True,
@@ -226,10 +229,38 @@ def cosmo_loss(model, batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- workloads
+def variant_name(task: dict) -> str:
+    """`cosmo`, `cosmo/interval2`, `openflamingo`, `openflamingo/frozen_embeddings`, `lm_only`."""
+    name = task["model"]
+    if task["model"] == "cosmo" and task.get("cross_attention_interval", 1) != 1:
+        name += f"/interval{task['cross_attention_interval']}"
+    return name + ("/frozen_embeddings" if task.get("freeze_lm_embeddings") else "")
+
+
 def build(task: dict, lm_dir: Path):
     if task["model"] == "cosmo":
-        return build_cosmo(task["shape"], lm_dir)
+        return build_cosmo(task["shape"], lm_dir, cross_attention_interval=task.get("cross_attention_interval", 1))
+    if task["model"] == "lm_only":
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(lm_dir)
     return build_openflamingo(task["shape"], lm_dir, freeze_lm_embeddings=task.get("freeze_lm_embeddings", False))
+
+
+def few_shot_prompt(shape: dict, num_media: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input ids of a few-shot prompt with `num_media` images, repeated `batch` times, and random pixels
+    (batch, num_media, 1, 3, H, W)."""
+    g = torch.Generator().manual_seed(1)
+    ids = [BOS]
+    for i in range(num_media):  # shots: <image> caption <|endofchunk|>, then the query image with an open prompt
+        ids.append(MEDIA)
+        words = 12 if i < num_media - 1 else 3
+        ids += torch.randint(len(SPECIALS), shape["lm"]["vocab"], (words,), generator=g).tolist()
+        if i < num_media - 1:
+            ids.append(EOC)
+    image = shape["vision"]["image"]
+    pixels = torch.randn(batch, num_media, 1, 3, image, image, generator=g)
+    return torch.tensor([ids] * batch), pixels
 
 
 def train_task(task: dict) -> dict:
@@ -262,6 +293,7 @@ def train_task(task: dict) -> dict:
                 times.append(elapsed)
     return {
         "model": task["model"],
+        "variant": variant_name(task),
         "step_time_s": median(times),
         "step_times_s": times,
         "loss": float(loss.detach()),
@@ -284,17 +316,8 @@ def generate_task(task: dict) -> dict:
         model = build(task, lm_dir)
     model.eval()
     n, new = task["num_media"], task["new_tokens"]
-    g = torch.Generator().manual_seed(1)
-    ids = [BOS]
-    for i in range(n):  # shots: <image> caption <|endofchunk|>, then the query image with an open prompt
-        ids.append(MEDIA)
-        ids += torch.randint(len(SPECIALS), task["shape"]["lm"]["vocab"], (12 if i < n - 1 else 3,), generator=g).tolist()
-        if i < n - 1:
-            ids.append(EOC)
-    input_ids = torch.tensor([ids])
+    input_ids, pixels = few_shot_prompt(task["shape"], n)
     attention_mask = torch.ones_like(input_ids)
-    image = task["shape"]["vision"]["image"]
-    pixels = torch.randn(1, n, 1, 3, image, image, generator=g)
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
     if task["model"] == "cosmo":
         def run():
@@ -345,22 +368,42 @@ def flops_task(task: dict) -> dict:
 def released_params_task(task: dict) -> dict:
     """Trainable parameters at the released 2.1B shapes (CLIP ViT-L/14 + OPT-IML-1.3B), built on the meta device:
     CosMo's `cosmo-2b` preset vs OpenFlamingo's own PerceiverResampler and GatedCrossAttentionBlock classes at the
-    same widths, cross-attention before all 24 layers, plus the OPT input embeddings it trains by default."""
+    same widths, cross-attention before all 24 layers, plus the OPT input embeddings it trains by default. The
+    preset (interval 1) is also counted with cross-attention before every second upper layer, without and with the
+    blocks' compress ratio 2 (the reference repository's full-data configuration)."""
+    import copy
+
     from open_flamingo.src.helpers import GatedCrossAttentionBlock, PerceiverResampler
 
     from cosmo_vl.modeling import CosmoForConditionalGeneration, trainable_parameters
     from cosmo_vl.presets import get_config
 
     config = get_config("cosmo-2b")
+
+    def cosmo_params(cfg) -> tuple[int, int]:
+        with torch.device("meta"):
+            ours, total, _ = trainable_parameters(CosmoForConditionalGeneration(cfg))
+        return ours, total
+
     with torch.device("meta"):
-        cosmo = CosmoForConditionalGeneration(config)
         perceiver = PerceiverResampler(dim=config.vision_config.hidden_size)
         block = GatedCrossAttentionBlock(dim=config.text_config.hidden_size, dim_visual=config.vision_config.hidden_size)
     numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    ours, total, _ = trainable_parameters(cosmo)
+    ours, total = cosmo_params(config)
     layers = config.text_config.num_hidden_layers
     embeddings = config.text_config.vocab_size * config.text_config.hidden_size
     peer_frozen = numel(perceiver) + layers * numel(block)
+    variants = {}
+    for name, interval, compress in (("interval2", 2, 1), ("interval2_compress2", 2, 2)):
+        cfg = copy.deepcopy(config)
+        cfg.cross_attention_interval = interval
+        cfg.cross_attention_compress_ratio = compress
+        trainable, _ = cosmo_params(cfg)
+        variants[name] = {
+            "cross_attention_interval": interval, "cross_attention_compress_ratio": compress,
+            "cross_attention_layers": len(cfg.cross_attention_layer_ids), "cosmo_trainable": trainable,
+            "ratio": trainable / (peer_frozen + embeddings), "ratio_frozen_embeddings": trainable / peer_frozen,
+        }
     return {
         "cosmo_trainable": ours,
         "cosmo_total": total,
@@ -368,18 +411,21 @@ def released_params_task(task: dict) -> dict:
         "openflamingo_trainable_frozen_embeddings": peer_frozen,
         "ratio": ours / (peer_frozen + embeddings),
         "ratio_frozen_embeddings": ours / peer_frozen,
+        "variants": variants,
         "text": {"layers": layers, "hidden": config.text_config.hidden_size, "vocab": config.text_config.vocab_size,
-                 "cosmo_unimodal_depth": config.unimodal_depth},
+                 "cosmo_unimodal_depth": config.unimodal_depth,
+                 "cosmo_cross_attention_interval": config.cross_attention_interval,
+                 "cosmo_cross_attention_layers": len(config.cross_attention_layer_ids)},
     }
 
 
 def _paired(task: dict, lm_dir: Path) -> list[tuple[str, object]]:
     variants = task.get("variants") or [{"model": "cosmo"}, {"model": "openflamingo"}]
-    out = []
-    for v in variants:
-        name = v["model"] + ("/frozen_embeddings" if v.get("freeze_lm_embeddings") else "")
-        out.append((name, build({**task, **v}, lm_dir)))
-    return out
+    return [(variant_name(v), build({**task, **v}, lm_dir)) for v in variants]
+
+
+def _kind(name: str) -> str:
+    return name.split("/", 1)[0]
 
 
 def pair_train_task(task: dict) -> dict:
@@ -398,7 +444,7 @@ def pair_train_task(task: dict) -> dict:
     for name, model in models:
         model.train()
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        state[name] = (model, opt, cosmo_loss if name == "cosmo" else openflamingo_loss, [])
+        state[name] = (model, opt, cosmo_loss if _kind(name) == "cosmo" else openflamingo_loss, [])
     for i in range(task["warmup"] + task["iters"]):
         order = list(state) if i % 2 == 0 else list(state)[::-1]
         for name in order:
@@ -415,30 +461,25 @@ def pair_train_task(task: dict) -> dict:
 
 
 def pair_generate_task(task: dict) -> dict:
-    """Generation speed of CosMo and OpenFlamingo in one process, alternating calls (see `pair_train_task`)."""
+    """Generation speed of CosMo, OpenFlamingo (and the bare LM, `lm_only`, which gets the same prompt ids without
+    images) in one process, alternating calls (see `pair_train_task`). `batch` rows repeat the prompt, each with
+    its own images; tokens/s counts the new tokens of all rows."""
     from _peer_env import median
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         lm_dir = save_lm(Path(tmp) / "lm", task["shape"]["lm"])
         models = _paired(task, lm_dir)
-    n, new = task["num_media"], task["new_tokens"]
-    g = torch.Generator().manual_seed(1)
-    ids = [BOS]
-    for i in range(n):  # shots: <image> caption <|endofchunk|>, then the query image with an open prompt
-        ids.append(MEDIA)
-        ids += torch.randint(len(SPECIALS), task["shape"]["lm"]["vocab"], (12 if i < n - 1 else 3,), generator=g).tolist()
-        if i < n - 1:
-            ids.append(EOC)
-    input_ids = torch.tensor([ids])
+    n, new, rows = task["num_media"], task["new_tokens"], task.get("batch", 1)
+    input_ids, pixels = few_shot_prompt(task["shape"], n, rows)
     attention_mask = torch.ones_like(input_ids)
-    image = task["shape"]["vision"]["image"]
-    pixels = torch.randn(1, n, 1, 3, image, image, generator=g)
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
 
     def run(name, model):
-        if name == "cosmo":
+        if _kind(name) == "cosmo":
             return model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, **kwargs)
+        if _kind(name) == "lm_only":
+            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         return model.generate(vision_x=pixels, lang_x=input_ids, attention_mask=attention_mask, **kwargs)
 
     times = {name: [] for name, _ in models}
@@ -455,12 +496,13 @@ def pair_generate_task(task: dict) -> dict:
                 generated[name] = out.shape[1] - input_ids.shape[1]
     return {
         "num_media": n,
+        "batch": rows,
         "prompt_tokens": input_ids.shape[1],
         "new_tokens": generated,
         "time_s": {k: median(v) for k, v in times.items()},
         "times_s": times,
-        "tokens_per_s": {k: generated[k] / median(v) for k, v in times.items()},
-        "best_tokens_per_s": {k: generated[k] / min(v) for k, v in times.items()},
+        "tokens_per_s": {k: rows * generated[k] / median(v) for k, v in times.items()},
+        "best_tokens_per_s": {k: rows * generated[k] / min(v) for k, v in times.items()},
         "load_average": os.getloadavg(),
     }
 

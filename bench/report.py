@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 MIB = 2**20
+VS_SUFFIXES = ("", "_interval2")  # vs_openflamingo keys: CosMo interval 1, then interval 2
 
 
 def kind_of(data: dict) -> str:
@@ -57,20 +58,34 @@ def render_vs(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
     lines = ["## CosMo vs OpenFlamingo (ours / OpenFlamingo, same machine and venv)", ""]
     targets = data.get("targets", {})
     rows = []
-    for key in ("train_step_time_ratio", "trainable_params_ratio", "generate_tokens_per_s_ratio", "peak_memory_ratio"):
-        t = targets.get(key, {})
-        met = t.get("met")
-        rows.append([key, data.get(key), t.get("target", "-"), "-" if met is None else ("yes" if met else "no")])
-    for key in ("train_step_time_ratio_frozen_embeddings", "trainable_params_ratio_frozen_embeddings",
-                "peak_memory_ratio_frozen_embeddings", "trainable_params_ratio_released_2b",
-                "trainable_params_ratio_released_2b_frozen_embeddings"):
-        if key in data:
-            rows.append([key, data[key], "-", "-"])
-    for n, r in data.get("generate_tokens_per_s_ratio_by_images", {}).items():
-        rows.append([f"generate_tokens_per_s_ratio ({n} image{'s' if n != '1' else ''})", r, "-", "-"])
+    main = ("train_step_time_ratio", "trainable_params_ratio", "generate_tokens_per_s_ratio", "peak_memory_ratio")
+    for suffix in VS_SUFFIXES:  # interval 1 (no suffix), then the interval-2 variant
+        for key in (k + suffix for k in main):
+            if suffix and key not in data and key not in targets:
+                continue
+            t = targets.get(key, {})
+            met = t.get("met")
+            rows.append([key, data.get(key), t.get("target", "-"), "-" if met is None else ("yes" if met else "no")])
+    extra = [k + s for s in VS_SUFFIXES for k in ("train_step_time_ratio_frozen_embeddings",
+                                                  "trainable_params_ratio_frozen_embeddings",
+                                                  "peak_memory_ratio_frozen_embeddings")]
+    extra += [f"trainable_params_ratio_released_2b{f}{s}" for s in ("", "_interval2", "_interval2_compress2")
+              for f in ("", "_frozen_embeddings")]
+    extra += [f"generate_tokens_per_s_ratio_batch8{s}" for s in VS_SUFFIXES] + ["generate_ceiling_ratio"]
+    rows += [[key, data[key], "-", "-"] for key in extra if key in data]
+    for prefix in ("generate_tokens_per_s_ratio", "generate_tokens_per_s_ratio_batch8", "generate_ceiling_ratio"):
+        for suffix in VS_SUFFIXES:
+            for n, r in data.get(f"{prefix}_by_images{suffix}", {}).items():
+                rows.append([f"{prefix}{suffix} ({n} image{'s' if n != '1' else ''})", r, "-", "-"])
     for key, value in data.get("ratios_from_fastest_repeat", {}).items():
         rows.append([f"{key} (fastest repeat)", value, "-", "-"])
     lines += table(["metric", "ours / OpenFlamingo", "target", "met"], rows)
+    if "generate_ceiling_ratio" in data:
+        lines += ["", "generate_ceiling_ratio: generation speed of the bare LM both models wrap / OpenFlamingo's, the "
+                      "most any model running this LM plus anything extra could reach."]
+    if any(k.endswith("_interval2") for k in data):
+        lines += ["", "*_interval2: CosMo with cross-attention before every second upper layer (no suffix: every "
+                      "upper layer)."]
     results = data.get("details", {}).get("results", {})
     abs_rows = []
     for name, r in results.items():
@@ -84,8 +99,11 @@ def render_vs(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
         elif isinstance(r.get("tokens_per_s"), dict):
             abs_rows += [[f"{name}/{m}", f"{t:.2f} tokens/s", "", "", ""] for m, t in r["tokens_per_s"].items()]
         elif "cosmo_trainable" in r:
-            abs_rows += [[f"{name}/cosmo-2b", "", "", f"{r['cosmo_trainable'] / 1e6:.1f}M", f"{r['cosmo_total'] / 1e6:.1f}M"],
-                         [f"{name}/openflamingo", "", "", f"{r['openflamingo_trainable'] / 1e6:.1f}M", ""]]
+            abs_rows.append([f"{name}/cosmo-2b", "", "", f"{r['cosmo_trainable'] / 1e6:.1f}M",
+                             f"{r['cosmo_total'] / 1e6:.1f}M"])
+            abs_rows += [[f"{name}/cosmo-2b/{v}", "", "", f"{x['cosmo_trainable'] / 1e6:.1f}M", ""]
+                         for v, x in r.get("variants", {}).items()]
+            abs_rows.append([f"{name}/openflamingo", "", "", f"{r['openflamingo_trainable'] / 1e6:.1f}M", ""])
     if abs_rows:
         lines += ["", "Absolute figures (noisy on a small CPU):", ""]
         lines += table(["run", "time", "peak memory", "trainable", "total params"], abs_rows)
@@ -100,11 +118,18 @@ def render_vs(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
                             "peak_memory_ratio") if data.get(k) is not None]
         if keys:
             fig, ax = plt.subplots(figsize=(7, 3.5))
-            ax.bar(range(len(keys)), [data[k] for k in keys], color="tab:blue")
+            series = [(s, label) for s, label in zip(VS_SUFFIXES, ("interval 1", "interval 2"))
+                      if any(data.get(k + s) is not None for k in keys)]
+            width = 0.8 / len(series)
+            for j, (suffix, label) in enumerate(series):
+                ax.bar([i + (j - (len(series) - 1) / 2) * width for i in range(len(keys))],
+                       [data.get(k + suffix) or 0.0 for k in keys], width, label=f"CosMo {label}")
             for i, k in enumerate(keys):
                 target = targets.get(k, {}).get("target")
                 if target:
                     ax.hlines(float(target.split()[-1]), i - 0.4, i + 0.4, colors="tab:red", linestyles="--")
+            if len(series) > 1:
+                ax.legend(fontsize=7)
             ax.axhline(1.0, color="grey", lw=0.8)
             ax.set_xticks(range(len(keys)), [k.replace("_ratio", "").replace("_", "\n") for k in keys], fontsize=8)
             ax.set_ylabel("ours / OpenFlamingo")

@@ -6,7 +6,9 @@
   weights) with ToMe inside its layers (`apply_token_merging`) at r in {0, 8, 13, 16}; images/s and its speedup
   over r=0.
 - simvlg_step: forward + backward + AdamW step of SimVLG (that tower frozen -> 12-layer BERT-base connector ->
-  a small Llama) at connector merge_r in {0, 8, 16}; step time and speedup over merge_r=0.
+  a small Llama) at connector merge_r in {0, 8, 14, 16} (14: 197 -> 29 tokens, SimVLG's reduction), and with ToMe
+  inside the frozen tower as well (`tower8_r6`: tower r=8, 197 -> 101, connector r=6, -> 29); step time and speedup
+  over no merging.
 - simvlg_quality: `simvlg-tiny` trained from the same seed for `--quality_steps` steps on the embedded captions with
   its merging connector (merge_r=3 per layer, 17 -> 11 tokens) and without (merge_r=0); held-out (`test_iid`)
   caption exact match / CIDEr of each, the point difference, and the measured step-time ratio.
@@ -31,7 +33,9 @@ from cosmo_vl.modeling import SimVlgConfig, SimVlgForConditionalGeneration, appl
 from cosmo_vl.modeling.token_merging import token_counts
 
 TOWER_R = (0, 8, 13, 16)
-CONNECTOR_R = (0, 8, 16)
+# SimVLG points, key -> (vision-tower r, connector r) per layer. r14: 197 -> 29 tokens, SimVLG's 257 -> 29 in the
+# connector; tower8_r6: ToMe inside the frozen tower too (197 -> 101), then the connector (101 -> 29).
+SIMVLG_POINTS = {"r0": (0, 0), "r8": (0, 8), "r14": (0, 14), "r16": (0, 16), "tower8_r6": (8, 6)}
 
 
 def vit_b16() -> CLIPVisionConfig:
@@ -94,11 +98,11 @@ def bench_tower(batch: int, iters: int, device: torch.device, sync) -> dict:
     return results
 
 
-def simvlg_config(merge_r: int) -> SimVlgConfig:
+def simvlg_config(merge_r: int, vision_merge_r: int = 0) -> SimVlgConfig:
     text = LlamaConfig(hidden_size=512, intermediate_size=1408, num_hidden_layers=4, num_attention_heads=8,
                        num_key_value_heads=4, vocab_size=8000, max_position_embeddings=512)
-    return SimVlgConfig(vision_config=vit_b16(), text_config=text, merge_r=merge_r, media_token_id=3,
-                        connector_dropout=0.0)
+    return SimVlgConfig(vision_config=vit_b16(), text_config=text, merge_r=merge_r, vision_merge_r=vision_merge_r,
+                        media_token_id=3, connector_dropout=0.0)
 
 
 def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
@@ -108,9 +112,9 @@ def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
     labels = ids.clone()
     labels[:, :2] = -100
     pixels = torch.randn(batch, 1, 1, 3, 224, 224, device=device)
-    for r in CONNECTOR_R:
+    for key, (vision_r, r) in SIMVLG_POINTS.items():
         torch.manual_seed(0)
-        model = SimVlgForConditionalGeneration(simvlg_config(r)).to(device).train()
+        model = SimVlgForConditionalGeneration(simvlg_config(r, vision_r)).to(device).train()
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
         def step():
@@ -119,9 +123,10 @@ def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
             optimizer.step()
 
         summary = _summary(_timed(step, iters, sync), batch)
-        results[f"r{r}"] = {**summary, "merge_r": r, "visual_tokens": token_counts(197, [r] * 12, 1)[-1],
-                            "step_s": summary["best_s"]}
-        print(f"simvlg merge_r={r:2d}: {summary['best_s']:.2f} s/step", flush=True)
+        tower_out = token_counts(197, [vision_r] * 12, 1)[-1]
+        results[key] = {**summary, "merge_r": r, "vision_merge_r": vision_r, "tower_tokens": tower_out,
+                        "visual_tokens": token_counts(tower_out, [r] * 12, 1)[-1], "step_s": summary["best_s"]}
+        print(f"simvlg {key}: {summary['best_s']:.2f} s/step, {results[key]['visual_tokens']} visual tokens", flush=True)
         del model, optimizer
     base, base_mean = results["r0"]["best_s"], results["r0"]["mean_s"]
     for point in results.values():

@@ -185,6 +185,8 @@ def merge_weighted(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tupl
     s = size.to(x.dtype)[..., None]
     num = plan.merge(x * s)
     den = plan.merge(s)
+    if bool((den > 0).all()):  # no all-padding group (always so without padding): skip the fallback merge
+        return num / den, plan.merge(size)
     merged = torch.where(den > 0, num / den.clamp_min(torch.finfo(x.dtype).tiny), plan.merge(x, reduce="keep"))
     return merged, plan.merge(size)
 

@@ -22,10 +22,28 @@ VS = {
     "peak_memory_ratio": 0.8,
     "generate_tokens_per_s_ratio": 2.5,
     "generate_tokens_per_s_ratio_by_images": {"1": 2.5, "4": 3.1},
+    "train_step_time_ratio_interval2": 0.4,
+    "trainable_params_ratio_interval2": 0.3,
+    "peak_memory_ratio_interval2": 0.7,
+    "generate_tokens_per_s_ratio_interval2": 2.7,
+    "generate_tokens_per_s_ratio_by_images_interval2": {"1": 2.7, "4": 3.3},
+    "generate_tokens_per_s_ratio_batch8": 1.8,
+    "generate_tokens_per_s_ratio_batch8_by_images": {"1": 1.8, "4": 2.2},
+    "generate_tokens_per_s_ratio_batch8_interval2": 1.9,
+    "generate_tokens_per_s_ratio_batch8_by_images_interval2": {"1": 1.9, "4": 2.4},
+    "generate_ceiling_ratio": 3.2,
+    "generate_ceiling_ratio_by_images": {"1": 3.2, "4": 4.5},
+    "trainable_params_ratio_released_2b": 0.4985,
+    "trainable_params_ratio_released_2b_interval2": 0.2881,
+    "trainable_params_ratio_released_2b_interval2_compress2": 0.183,
+    "ratios_from_fastest_repeat": {"generate_tokens_per_s_ratio_batch8_4img_interval2": 2.5},
     "targets": {
         "train_step_time_ratio": {"target": "<= 0.6", "measured": 0.5, "met": True},
         "trainable_params_ratio": {"target": "<= 0.4", "measured": 0.45, "met": False},
         "generate_tokens_per_s_ratio": {"target": ">= 2.0", "measured": 2.5, "met": True},
+        "train_step_time_ratio_interval2": {"target": "<= 0.6", "measured": 0.4, "met": True},
+        "trainable_params_ratio_interval2": {"target": "<= 0.4", "measured": 0.3, "met": True},
+        "generate_tokens_per_s_ratio_interval2": {"target": ">= 2.0", "measured": 2.7, "met": True},
     },
     "details": {
         "benchmark": "vs_openflamingo",
@@ -34,8 +52,13 @@ VS = {
             "pair_train": {"step_time_s": {"cosmo": 1.0, "openflamingo": 2.0}},
             "train/cosmo": _train(1.0, 300 * 2**20, 10_000_000, 50_000_000),
             "train/openflamingo": _train(2.0, 375 * 2**20, 22_000_000, 60_000_000),
-            "generate/1img": {"tokens_per_s": {"cosmo": 25.0, "openflamingo": 10.0}},
+            "generate/1img": {"tokens_per_s": {"cosmo": 25.0, "openflamingo": 10.0, "lm_only": 32.0}},
             "generate/4img": {"error": "boom"},
+            "generate/4img/batch8": {"tokens_per_s": {"cosmo/interval2": 96.0, "openflamingo": 40.0}},
+            "released_params": {"cosmo_trainable": 521_900_000, "cosmo_total": 2_140_900_000,
+                                "openflamingo_trainable": 1_047_000_000,
+                                "variants": {"interval2": {"cosmo_trainable": 301_700_000},
+                                             "interval2_compress2": {"cosmo_trainable": 191_600_000}}},
         },
     },
 }
@@ -81,6 +104,24 @@ def test_render_all_kinds(report, tmp_path, capsys):
     assert "| pair_train/openflamingo | 2.000 s/step |" in markdown
     assert "| generate/1img/cosmo | 25.00 tokens/s |" in markdown
     assert "| train/openflamingo |  | 375 MiB | 22.00M | 60.00M |" in markdown
+    # the interval-2 variant, batch-8 generation and the bare-LM ceiling
+    assert "| train_step_time_ratio_interval2 | 0.400 | <= 0.6 | yes |" in markdown
+    assert "| trainable_params_ratio_interval2 | 0.300 | <= 0.4 | yes |" in markdown
+    assert "| generate_tokens_per_s_ratio_interval2 | 2.700 | >= 2.0 | yes |" in markdown
+    assert "| peak_memory_ratio_interval2 | 0.700 | - | - |" in markdown
+    assert "| generate_tokens_per_s_ratio_interval2 (4 images) | 3.300 |" in markdown
+    assert "| generate_tokens_per_s_ratio_batch8 | 1.800 | - | - |" in markdown
+    assert "| generate_tokens_per_s_ratio_batch8_interval2 | 1.900 | - | - |" in markdown
+    assert "| generate_tokens_per_s_ratio_batch8 (4 images) | 2.200 |" in markdown
+    assert "| generate_tokens_per_s_ratio_batch8_interval2 (1 image) | 1.900 |" in markdown
+    assert "| generate_tokens_per_s_ratio_batch8_4img_interval2 (fastest repeat) | 2.500 |" in markdown
+    assert "| generate_ceiling_ratio | 3.200 | - | - |" in markdown
+    assert "| generate_ceiling_ratio (4 images) | 4.500 |" in markdown
+    assert "| trainable_params_ratio_released_2b_interval2 | 0.288 | - | - |" in markdown
+    assert "| trainable_params_ratio_released_2b_interval2_compress2 | 0.183 | - | - |" in markdown
+    assert "| generate/1img/lm_only | 32.00 tokens/s |" in markdown
+    assert "| generate/4img/batch8/cosmo/interval2 | 96.00 tokens/s |" in markdown
+    assert "| released_params/cosmo-2b/interval2_compress2 |  |  | 191.6M |  |" in markdown
     assert "| tiny | 8x128 | 2.00 | 0.200 | 10.00 | 10.0% |" in markdown
     assert "| 1 | 0.100 | 100 | 0.200 | 120 | 0.500 | 0.833 |" in markdown
     assert "| 4 | 0.150 | 110 | error | error | n/a | n/a |" in markdown

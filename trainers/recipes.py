@@ -19,8 +19,8 @@ logger = logging.getLogger("pretrain")
 PRESETS = {"cosmo": "cosmo-tiny", "simvlg": "simvlg-tiny", "blip2": "blip2-tiny"}
 # Training arguments whose CosMo default does not suit an architecture: the Q-Former learns faster at 3e-4; both
 # recipes were tuned at batch 32.
-TRAINING_DEFAULTS = {"blip2": {"learning_rate": 3e-4, "per_device_train_batch_size": 32},
-                     "simvlg": {"per_device_train_batch_size": 32}}
+TRAINING_DEFAULTS = {"blip2": {"learning_rate": 3e-4, "per_device_train_batch_size": 32, "grit_sampler": False},
+                     "simvlg": {"per_device_train_batch_size": 32, "grit_sampler": False}}
 
 
 @dataclass

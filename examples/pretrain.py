@@ -66,7 +66,7 @@ class ScriptArguments:
 # Defaults of the no-argument run: cosmo-tiny from scratch on the embedded data (measured figures: README.md).
 DEFAULTS = dict(
     output_dir="outputs/cosmo-tiny",
-    max_steps=2000,
+    max_steps=2500,
     per_device_train_batch_size=64,
     learning_rate=1e-3,
     warmup_steps=150,

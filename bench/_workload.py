@@ -8,7 +8,7 @@ Shapes (a `shape` dict):
             loaded by both models (OpenFlamingo through its own `create_model_and_transforms`).
 Both models use the same resampler (6 layers, 8 x 64 heads, 64 latents) and cross-attention blocks (8 x 64, FF x4).
 OpenFlamingo cross-attends before every decoder layer (`cross_attn_every_n_layers=1`, as its 3B release); CosMo
-cross-attends from `unimodal_depth = layers / 2` before every upper layer (interval 1, as the released 2.1B model) or
+cross-attends from `unimodal_depth = layers / 2` before every upper layer (interval 1, as the `cosmo-2b` preset) or
 every `cross_attention_interval`-th one (a task's `cross_attention_interval`). `lm_only` is the bare LM both wrap.
 Nothing in here needs the network: vision towers start from random weights (`clip_vision_encoder_pretrained=None`).
 """

@@ -7,8 +7,8 @@
   over r=0.
 - simvlg_step: forward + backward + AdamW step of SimVLG (that tower frozen -> 12-layer BERT-base connector ->
   a small Llama) at connector merge_r in {0, 8, 14, 16} (14: 197 -> 29 tokens, SimVLG's reduction), and with ToMe
-  inside the frozen tower as well (`tower8_r6`: tower r=8, 197 -> 101, connector r=6, -> 29); step time and speedup
-  over no merging.
+  inside the frozen tower as well (`tower8_r6`: tower r=8, 197 -> 101, connector r=6, -> 29; `tower13_r1`: tower
+  r=13, 197 -> 41, connector r=1, -> 29); step time and speedup over no merging.
 - simvlg_quality: `simvlg-tiny` trained from the same seed for `--quality_steps` steps on the embedded captions with
   its merging connector (merge_r=3 per layer, 17 -> 11 tokens) and without (merge_r=0); held-out (`test_iid`)
   caption exact match / CIDEr of each, the point difference, and the measured step-time ratio.
@@ -34,8 +34,8 @@ from cosmo_vl.modeling.token_merging import token_counts
 
 TOWER_R = (0, 8, 13, 16)
 # SimVLG points, key -> (vision-tower r, connector r) per layer. r14: 197 -> 29 tokens, SimVLG's 257 -> 29 in the
-# connector; tower8_r6: ToMe inside the frozen tower too (197 -> 101), then the connector (101 -> 29).
-SIMVLG_POINTS = {"r0": (0, 0), "r8": (0, 8), "r14": (0, 14), "r16": (0, 16), "tower8_r6": (8, 6)}
+# connector; tower8_r6 / tower13_r1: ToMe inside the frozen tower too (197 -> 101 / 41), then the connector (-> 29).
+SIMVLG_POINTS = {"r0": (0, 0), "r8": (0, 8), "r14": (0, 14), "r16": (0, 16), "tower8_r6": (8, 6), "tower13_r1": (13, 1)}
 
 
 def vit_b16() -> CLIPVisionConfig:

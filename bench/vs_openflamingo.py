@@ -11,7 +11,7 @@ figure belongs to one measurement only.
 Shapes: the same ViT (open_clip config registered on the fly / CLIPVisionConfig) and the same Llama-style LM
 (saved once per worker from a fixed seed, loaded by both). OpenFlamingo: cross-attention before every decoder
 layer (its 3B setting). CosMo: the lower half of the LM text-only, cross-attention before every upper layer
-(`unimodal_depth = layers / 2`, interval 1: the released 2.1B setting). Both: 6-layer resampler with 64 latents,
+(`unimodal_depth = layers / 2`, interval 1, as the `cosmo-2b` preset). Both: 6-layer resampler with 64 latents,
 cross-attention 8 x 64 heads with FF x4, vision tower and LM frozen.
 
 A second CosMo variant, `cosmo/interval2`, cross-attends before every second upper layer. The CosMo reference

@@ -263,6 +263,15 @@ def few_shot_prompt(shape: dict, num_media: int, batch: int = 1) -> tuple[torch.
     return torch.tensor([ids] * batch), pixels
 
 
+def generate_call(kind: str, model, input_ids, attention_mask, pixels, kwargs: dict):
+    """`generate` of a model kind (`cosmo`, `openflamingo`, `lm_only`) on the same prompt; the bare LM gets no media."""
+    if kind == "cosmo":
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, **kwargs)
+    if kind == "lm_only":
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    return model.generate(vision_x=pixels, lang_x=input_ids, attention_mask=attention_mask, **kwargs)
+
+
 def train_task(task: dict) -> dict:
     """Build the model, then time forward+backward+AdamW steps and record the peak resident memory."""
     from _peer_env import PeakMemory, median, rss_bytes
@@ -319,17 +328,11 @@ def generate_task(task: dict) -> dict:
     input_ids, pixels = few_shot_prompt(task["shape"], n)
     attention_mask = torch.ones_like(input_ids)
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
-    if task["model"] == "cosmo":
-        def run():
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, **kwargs)
-    else:
-        def run():
-            return model.generate(vision_x=pixels, lang_x=input_ids, attention_mask=attention_mask, **kwargs)
     times, out = [], None
     with torch.inference_mode():
         for i in range(task["warmup"] + task["iters"]):
             start = time.perf_counter()
-            out = run()
+            out = generate_call(task["model"], model, input_ids, attention_mask, pixels, kwargs)
             if i >= task["warmup"]:
                 times.append(time.perf_counter() - start)
     generated = out.shape[1] - input_ids.shape[1]
@@ -475,13 +478,6 @@ def pair_generate_task(task: dict) -> dict:
     attention_mask = torch.ones_like(input_ids)
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
 
-    def run(name, model):
-        if _kind(name) == "cosmo":
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixels, **kwargs)
-        if _kind(name) == "lm_only":
-            return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return model.generate(vision_x=pixels, lang_x=input_ids, attention_mask=attention_mask, **kwargs)
-
     times = {name: [] for name, _ in models}
     generated = {}
     with torch.inference_mode():
@@ -490,7 +486,7 @@ def pair_generate_task(task: dict) -> dict:
         for i in range(task["warmup"] + task["iters"]):
             for name, model in (models if i % 2 == 0 else models[::-1]):
                 start = time.perf_counter()
-                out = run(name, model)
+                out = generate_call(_kind(name), model, input_ids, attention_mask, pixels, kwargs)
                 if i >= task["warmup"]:
                     times[name].append(time.perf_counter() - start)
                 generated[name] = out.shape[1] - input_ids.shape[1]

@@ -82,8 +82,8 @@ DEFAULTS = dict(
     seed=0,
     remove_unused_columns=False,
     # GRIT-VLP batches of hard negatives from the second epoch on: random batches of 64 rarely hold two captions that
-    # differ only in the shape, so zero-shot shape errors went unpunished. Search groups of 20 batches: groups of
-    # 100 made whole batches of near-identical scenes and cost 16 points (README, default-run figures).
+    # differ only in the shape, so zero-shot shape errors went unpunished. Search groups of 1,280 pairs (20 batches):
+    # groups of 100 batches made whole batches of near-identical scenes, 16 points below random batches (README).
     grit_sampler=True,
     grit_search_size=1280,
 )

@@ -18,9 +18,7 @@ hit every switch alike. CPU timings are noisy (shared cores, frequency scaling):
 """
 
 import argparse
-import copy
 import json
-import math
 import os
 import platform
 import statistics

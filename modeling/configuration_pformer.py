@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .tower_attention import keep_tower_attention
+
 
 @strict
 class PFormerConfig(PreTrainedConfig):
@@ -67,7 +69,8 @@ class PFormerConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+        with keep_tower_attention(self, kwargs):
+            super().__post_init__(**kwargs)
         if self.prompt_hidden_size is None:
             self.prompt_hidden_size = self.encoder_config.hidden_size
         if self.num_prompts < 1:

@@ -4,6 +4,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig
 from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 
+from .tower_attention import keep_tower_attention
+
 from .token_merging import resolve_r
 
 
@@ -88,7 +90,8 @@ class SimVlgConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
+        with keep_tower_attention(self, kwargs):
+            super().__post_init__(**kwargs)
         # Tying belongs to the LM; mirror it so the composite model ties its LM head like the LM does.
         self.tie_word_embeddings = bool(getattr(self.text_config, "tie_word_embeddings", False))
         self._check()

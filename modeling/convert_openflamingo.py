@@ -471,10 +471,8 @@ def build_cosmo(
         if lm.config.pad_token_id is None:
             lm.config.pad_token_id = tokenizer.pad_token_id
     kwargs.update(config_overrides)
-    attn = (vision.config._attn_implementation, lm.config._attn_implementation)
     config = CosmoConfig(vision_config=vision.config, text_config=lm.config, **kwargs)
     model = CosmoForConditionalGeneration(config, vision_model=vision, causal_lm=lm)
-    config.vision_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
     _load_resampler(model.model.resampler, mapped.resampler)
     layers = {m.layer_idx: m for m in model.model.language_model.modules() if isinstance(m, MultimodalDecoderLayer)}
     for idx, block in mapped.cross_attention.items():

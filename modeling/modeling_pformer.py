@@ -159,11 +159,8 @@ class PFormerModel(PFormerPreTrainedModel):
         except TypeError:
             enc = AutoModel.from_pretrained(encoder)
         lm = AutoModelForCausalLM.from_pretrained(language_model)
-        attn = (enc.config._attn_implementation, lm.config._attn_implementation)
         config = cls.config_class(encoder_config=enc.config, text_config=lm.config, **config_kwargs)
-        model = cls(config, encoder=enc, language_model=lm)
-        config.encoder_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
-        return model
+        return cls(config, encoder=enc, language_model=lm)
 
     def apply_freezing(self) -> None:
         self.language_model.requires_grad_(not self.config.freeze_language_model)
@@ -244,7 +241,6 @@ class PFormerModel(PFormerPreTrainedModel):
                 views.append((input_ids, attention_mask))
         batch = input_ids.shape[0]
         cls = self._cls(torch.cat([v[0] for v in views]), torch.cat([v[1] for v in views]))  # (2B, H)
-        cls_a, cls_b = cls[:batch], cls[batch:]
 
         # Self-contrastive term on the [CLS] projections.
         temperature = self.temperature()
@@ -254,7 +250,7 @@ class PFormerModel(PFormerPreTrainedModel):
         )
 
         # Prompts prefixed to the frozen LM, which reconstructs the sentence.
-        prompts = self.prompt_head(cls_a)  # (B, n, D_lm)
+        prompts = self.prompt_head(cls[:batch])  # (B, n, D_lm): from the first view
         embedding = self.language_model.get_input_embeddings()
         text_embeds = embedding(lm_input_ids)  # (B, T', D_lm)
         inputs_embeds = torch.cat([prompts.to(text_embeds.dtype), text_embeds], dim=1)  # (B, n + T', D_lm)

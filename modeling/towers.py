@@ -34,12 +34,8 @@ def build_from_backbones(cls, vision: str, text: str, **config_kwargs):
     vision_cfg = getattr(vision_cfg, "vision_config", None) or vision_cfg
     vision_model = MODEL_MAPPING[type(vision_cfg)].from_pretrained(vision)
     causal_lm = AutoModelForCausalLM.from_pretrained(text)
-    attn = (vision_model.config._attn_implementation, causal_lm.config._attn_implementation)
     config = cls.config_class(vision_config=vision_model.config, text_config=causal_lm.config, **config_kwargs)
-    model = cls(config, vision_model=vision_model, causal_lm=causal_lm)
-    # The composite's __init__ re-dispatches attention on the sub-configs the towers share: restore theirs.
-    config.vision_config._attn_implementation_internal, config.text_config._attn_implementation_internal = attn
-    return model
+    return cls(config, vision_model=vision_model, causal_lm=causal_lm)
 
 
 def attach_lm_head(model: nn.Module, language_model: nn.Module, config, causal_lm=None) -> None:

@@ -9,23 +9,13 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, BertConfig, LlamaConfig
+from tiny_configs import VOCAB, tiny_pformer_config
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
 import cosmo_vl
 from cosmo_vl.modeling import PFormerConfig, PFormerModel
 from cosmo_vl.modeling.modeling_pformer import mask_tokens, nearest_word_embedding_loss
 from cosmo_vl.presets import get_config
-
-VOCAB = 96
-
-
-def tiny_config(**overrides) -> PFormerConfig:
-    encoder = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                         attention_probs_dropout_prob=0.0)
-    text = LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
-    return PFormerConfig(encoder_config=encoder, text_config=text, num_prompts=4, contrastive_dim=16, **overrides)
 
 
 def _batch(b=4, t=7, seed=0):
@@ -40,7 +30,7 @@ def _batch(b=4, t=7, seed=0):
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return PFormerModel(tiny_config())
+    return PFormerModel(tiny_pformer_config())
 
 
 def test_defaults_and_shapes(model):
@@ -161,7 +151,7 @@ def test_auto_classes_and_preset(model, tmp_path):
 
 
 def test_from_backbones(tmp_path):
-    cfg = tiny_config()
+    cfg = tiny_pformer_config()
     AutoModel.from_config(cfg.encoder_config).save_pretrained(tmp_path / "enc")
     AutoModelForCausalLM.from_config(cfg.text_config).save_pretrained(tmp_path / "lm")
     model = PFormerModel.from_backbones(str(tmp_path / "enc"), str(tmp_path / "lm"), num_prompts=3, contrastive_dim=8)

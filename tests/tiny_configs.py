@@ -2,6 +2,7 @@
 
 import torch
 from transformers import (
+    BertConfig,
     CLIPVisionConfig,
     GPTNeoXConfig,
     LlamaConfig,
@@ -11,7 +12,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from cosmo_vl.modeling import CosmoConfig
+from cosmo_vl.modeling import CosmoConfig, PFormerConfig
 
 VOCAB = 96
 MEDIA_ID = 3
@@ -63,6 +64,15 @@ def tiny_cosmo_config(family: str = "llama", vision: str = "clip", **overrides) 
     kwargs.update(overrides)
     return CosmoConfig(**kwargs)
 
+
+
+def tiny_pformer_config(**overrides) -> PFormerConfig:
+    encoder = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                         attention_probs_dropout_prob=0.0)
+    text = LlamaConfig(vocab_size=VOCAB, hidden_size=24, intermediate_size=48, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True)
+    return PFormerConfig(encoder_config=encoder, text_config=text, num_prompts=4, contrastive_dim=16, **overrides)
 
 def collate_rows(examples: list[dict]) -> dict:
     """Right-pad pre-tokenised rows (`input_ids`, `labels`, `pixel_values` (M, F, C, H, W)) into a model batch."""

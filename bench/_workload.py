@@ -101,14 +101,14 @@ def register_open_clip_vit(vision: dict) -> str:
     import open_clip
 
     name = f"cosmo-bench-vit-w{vision['width']}-l{vision['layers']}-p{vision['patch']}-i{vision['image']}"
-    folder = Path(tempfile.mkdtemp(prefix="open_clip_cfg_"))
-    (folder / f"{name}.json").write_text(json.dumps({
-        "embed_dim": 64,
-        "vision_cfg": {"image_size": vision["image"], "layers": vision["layers"], "width": vision["width"],
-                       "patch_size": vision["patch"]},
-        "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1},
-    }))
-    open_clip.add_model_config(folder)
+    with tempfile.TemporaryDirectory(prefix="open_clip_cfg_") as folder:  # read into open_clip's registry at once
+        (Path(folder) / f"{name}.json").write_text(json.dumps({
+            "embed_dim": 64,
+            "vision_cfg": {"image_size": vision["image"], "layers": vision["layers"], "width": vision["width"],
+                           "patch_size": vision["patch"]},
+            "text_cfg": {"context_length": 8, "vocab_size": 64, "width": 64, "heads": 1, "layers": 1},
+        }))
+        open_clip.add_model_config(folder)
     return name
 
 

@@ -272,6 +272,17 @@ def generate_call(kind: str, model, input_ids, attention_mask, pixels, kwargs: d
     return model.generate(vision_x=pixels, lang_x=input_ids, attention_mask=attention_mask, **kwargs)
 
 
+def trainer_optimizer(model, lr: float = 1e-4) -> torch.optim.Optimizer:
+    """The optimizer transformers' Trainer builds by default (fused AdamW on torch >= 2.8) over the trainable
+    parameters, so a timed step is the step training runs."""
+    from transformers import Trainer, TrainingArguments
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, learning_rate=lr, report_to="none", use_cpu=not torch.cuda.is_available())
+    cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
+    return cls([p for p in model.parameters() if p.requires_grad], **kwargs)
+
+
 def train_task(task: dict) -> dict:
     """Build the model, then time forward+backward+AdamW steps and record the peak resident memory."""
     from _peer_env import PeakMemory, median, rss_bytes
@@ -288,7 +299,7 @@ def train_task(task: dict) -> dict:
     b = task["batch"]
     batch = make_batch(b["batch"], b["seq_len"], b["num_media"], b.get("frames", 1), task["shape"]["vision"]["image"],
                        task["shape"]["lm"]["vocab"])
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    optimizer = trainer_optimizer(model)
     times = []
     with PeakMemory() as mem:
         for i in range(task["warmup"] + task["iters"]):
@@ -446,7 +457,7 @@ def pair_train_task(task: dict) -> dict:
     state = {}
     for name, model in models:
         model.train()
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        opt = trainer_optimizer(model)
         state[name] = (model, opt, cosmo_loss if _kind(name) == "cosmo" else openflamingo_loss, [])
     for i in range(task["warmup"] + task["iters"]):
         order = list(state) if i % 2 == 0 else list(state)[::-1]

@@ -22,8 +22,9 @@ comes near it (0.29, or 0.32 against OpenFlamingo with frozen LM embeddings), so
 both: keys without a suffix are interval 1, keys ending in `_interval2` the second variant. The 2.1B-shape count also covers interval 2 with compress ratio 2.
 
 Measured:
-- training step: forward + backward + AdamW step on a batch of image-caption pairs (one image per sample; CosMo
-  then also computes its contrastive loss, as it does in training); warm-up steps, then the median of timed steps.
+- training step: forward + backward + optimizer step (transformers' Trainer default: fused AdamW) on a batch of
+  image-caption pairs (one image per sample; CosMo then also computes its contrastive loss, as it does in
+  training); warm-up steps, then the median of timed steps.
   The models are timed in ONE process, alternating steps (order flipped each round), so that load from other
   processes on a shared CPU hits both alike; generation is timed the same way;
 - peak memory: growth of the process's resident set size from before the model is built to the high-water mark of

@@ -278,7 +278,8 @@ def trainer_optimizer(model, lr: float = 1e-4) -> torch.optim.Optimizer:
     from transformers import Trainer, TrainingArguments
 
     with tempfile.TemporaryDirectory() as tmp:
-        args = TrainingArguments(output_dir=tmp, learning_rate=lr, report_to="none", use_cpu=not torch.cuda.is_available())
+        args = TrainingArguments(output_dir=tmp, learning_rate=lr, report_to="none",
+                                 use_cpu=not torch.cuda.is_available())
     cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(args, model)
     return cls([p for p in model.parameters() if p.requires_grad], **kwargs)
 

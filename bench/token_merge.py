@@ -7,8 +7,9 @@
   over r=0.
 - simvlg_step: forward + backward + optimizer step (transformers' Trainer default, fused AdamW) of SimVLG (that
   tower frozen -> 12-layer BERT-base connector -> a small Llama) at connector merge_r in {0, 8, 14, 16} (14: 197 ->
-  29 tokens, SimVLG's reduction), and with ToMe inside the frozen tower as well (`tower8_r6`: tower r=8, 197 -> 101, connector r=6, -> 29; `tower13_r1`: tower
-  r=13, 197 -> 41, connector r=1, -> 29); step time and speedup over no merging.
+  29 tokens, SimVLG's reduction), and with ToMe inside the frozen tower as well (`tower8_r6`: tower r=8, 197 ->
+  101, connector r=6, -> 29; `tower13_r1`: tower r=13, 197 -> 41, connector r=1, -> 29); step time and speedup over
+  no merging.
 - simvlg_quality: `simvlg-tiny` trained from the same seed for `--quality_steps` steps on the embedded captions with
   its merging connector (merge_r=3 per layer, 17 -> 11 tokens) and without (merge_r=0); held-out (`test_iid`)
   caption exact match / CIDEr of each, the point difference, and the measured step-time ratio.

@@ -1,5 +1,5 @@
-"""Render benchmark JSON files (vs_openflamingo, roofline, scaling, objectives, pformer_vs_blip2) into Markdown
-tables and PNG plots.
+"""Render benchmark JSON files (vs_openflamingo, roofline, scaling, objectives, pformer_vs_blip2, token_merge) into
+Markdown tables and PNG plots.
 
     python bench/report.py --input vs_openflamingo.json roofline.json scaling.json --output-dir bench_report
 
@@ -19,12 +19,12 @@ VS_SUFFIXES = ("", "_interval2")  # vs_openflamingo keys: CosMo interval 1, then
 
 
 def kind_of(data: dict) -> str:
-    if data.get("benchmark") in ("roofline", "scaling", "objectives", "pformer_vs_blip2"):
+    if data.get("benchmark") in ("roofline", "scaling", "objectives", "pformer_vs_blip2", "token_merge"):
         return data["benchmark"]
     if data.get("details", {}).get("benchmark") == "vs_openflamingo" or "train_step_time_ratio" in data:
         return "vs_openflamingo"
-    raise ValueError("Unrecognised benchmark JSON (expected vs_openflamingo, roofline, scaling, objectives or "
-                     "pformer_vs_blip2 output).")
+    raise ValueError("Unrecognised benchmark JSON (expected vs_openflamingo, roofline, scaling, objectives, "
+                     "pformer_vs_blip2 or token_merge output).")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -280,8 +280,51 @@ def render_pformer(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
     return lines, pngs
 
 
+# ---------------------------------------------------------------------------------------------------- token_merge
+def render_token_merge(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
+    settings = data.get("settings", {})
+    lines = [f"## Token merging ({settings.get('tower', 'ViT tower')}, batch {settings.get('batch')}, "
+             f"{data.get('machine', {}).get('device', '?')})", ""]
+    tower = data["tower"]
+    lines += table(["tower r", "tokens out", "images/s", "speedup", "matmul-FLOP ratio"],
+                   [[p["r"], p["tokens_out"], p["images_per_s"], p["speedup"], p["flop_ratio"]] for p in tower.values()])
+    lines += [""] + table(["SimVLG step", "tower r", "connector r", "visual tokens", "s/step", "speedup"],
+                          [[k, p["vision_merge_r"], p["merge_r"], p["visual_tokens"], p["step_s"], p["speedup"]]
+                           for k, p in data["simvlg_step"].items()])
+    quality = data.get("simvlg_quality")
+    if quality:
+        q = quality["settings"]
+        lines += ["", f"Caption quality, {q['steps']} steps x batch {q['batch']}, {q['eval_samples']} `{q['split']}` "
+                      "captions:", ""]
+        lines += table(["setting", "tower r", "connector r", "exact match", "CIDEr", "s/step"],
+                       [[k, p.get("vision_merge_r", 0), p["merge_r"], p["exact_match"], p["cider"], p["s_per_step"]]
+                        for k, p in quality.items() if isinstance(p, dict) and "exact_match" in p])
+        lines += ["", f"Exact-match points lost to merging: {quality['exact_match_points_lost']:.1f}; "
+                      f"step speedup {quality['step_speedup']:.2f}x."]
+    pngs = []
+    if plt is not None:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.2))
+        rs = [p["r"] for p in tower.values()]
+        left.plot(rs, [p["speedup"] for p in tower.values()], "o-", label="measured")
+        left.plot(rs, [p["flop_ratio"] for p in tower.values()], "s--", label="matmul-FLOP ratio")
+        left.set_xlabel("tokens merged per layer (r)")
+        left.set_ylabel("speedup over r=0")
+        left.set_title("ViT tower forward+backward")
+        left.legend(fontsize=7)
+        names = list(data["simvlg_step"])
+        right.bar(names, [data["simvlg_step"][n]["speedup"] for n in names], color="tab:purple")
+        right.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
+        right.set_ylabel("speedup over no merging")
+        right.set_title("SimVLG training step")
+        fig.tight_layout()
+        pngs.append(out / "token_merge.png")
+        fig.savefig(pngs[-1], dpi=110)
+        plt.close(fig)
+    return lines, pngs
+
+
 RENDERERS = {"vs_openflamingo": render_vs, "roofline": render_roofline, "scaling": render_scaling,
-             "objectives": render_objectives, "pformer_vs_blip2": render_pformer}
+             "objectives": render_objectives, "pformer_vs_blip2": render_pformer, "token_merge": render_token_merge}
 
 
 def render(inputs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:

@@ -8,11 +8,12 @@
 - simvlg_step: forward + backward + optimizer step (transformers' Trainer default, fused AdamW) of SimVLG (that
   tower frozen -> 12-layer BERT-base connector -> a small Llama) at connector merge_r in {0, 8, 14, 16} (14: 197 ->
   29 tokens, SimVLG's reduction), and with ToMe inside the frozen tower as well (`tower8_r6`: tower r=8, 197 ->
-  101, connector r=6, -> 29; `tower13_r1`: tower r=13, 197 -> 41, connector r=1, -> 29); step time and speedup over
-  no merging.
+  101, connector r=6, -> 29; `tower13_r1`: tower r=13, 197 -> 41, connector r=1, -> 29; `tower14_r0`: tower r=14,
+  197 -> 29, no connector merging); step time and speedup over no merging.
 - simvlg_quality: `simvlg-tiny` trained from the same seed for `--quality_steps` steps on the embedded captions with
-  its merging connector (merge_r=3 per layer, 17 -> 11 tokens) and without (merge_r=0); held-out (`test_iid`)
-  caption exact match / CIDEr of each, the point difference, and the measured step-time ratio.
+  merging (by default its connector's, `--quality_merge_r 3` per layer, 17 -> 11 tokens; `--quality_merge_r 0
+  --quality_vision_merge_r 3` merges in its 2-layer tower instead, to the same 11 tokens) and without; held-out
+  (`test_iid`) caption exact match / CIDEr of each, the point difference, and the measured step-time ratio.
 Each point: one warm-up, then `--iters` timed iterations; `speedup` uses the fastest iteration (the least
 disturbed), `speedup_mean` the mean; every time, the standard deviation and `noise` (std / mean) are kept, since
 CPU timings on a small shared machine vary a lot.
@@ -39,8 +40,10 @@ from _workload import trainer_optimizer  # noqa: E402
 
 TOWER_R = (0, 8, 13, 16)
 # SimVLG points, key -> (vision-tower r, connector r) per layer. r14: 197 -> 29 tokens, SimVLG's 257 -> 29 in the
-# connector; tower8_r6 / tower13_r1: ToMe inside the frozen tower too (197 -> 101 / 41), then the connector (-> 29).
-SIMVLG_POINTS = {"r0": (0, 0), "r8": (0, 8), "r14": (0, 14), "r16": (0, 16), "tower8_r6": (8, 6), "tower13_r1": (13, 1)}
+# connector; tower8_r6 / tower13_r1: ToMe inside the frozen tower too (197 -> 101 / 41), then the connector (-> 29);
+# tower14_r0: all the merging in the tower (197 -> 29).
+SIMVLG_POINTS = {"r0": (0, 0), "r8": (0, 8), "r14": (0, 14), "r16": (0, 16), "tower8_r6": (8, 6), "tower13_r1": (13, 1),
+                 "tower14_r0": (14, 0)}
 
 
 def vit_b16() -> CLIPVisionConfig:
@@ -140,8 +143,11 @@ def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
     return results
 
 
-def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int = 3) -> dict:
-    """Caption quality of simvlg-tiny with and without connector merging after the same steps and data order."""
+def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int = 3,
+                         vision_merge_r: int = 0) -> dict:
+    """Caption quality of simvlg-tiny with and without merging (r per connector layer, `vision_merge_r` per tower
+    layer) after the same steps and data order. Keys: `r0` and `r{merge_r}` (`tower{vision_merge_r}_r{merge_r}` when
+    the tower merges)."""
     from cosmo_vl import evaluation
     from cosmo_vl.presets import get_config, get_processor
     from cosmo_vl.processing import VLCollator, load_any
@@ -150,10 +156,12 @@ def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int
     held_out = data["test_iid"].select(range(min(eval_samples, len(data["test_iid"]))))
     processor = get_processor("simvlg-tiny")
     collator = VLCollator(processor, max_length=64, truncation=True)
+    merged_key = f"tower{vision_merge_r}_r{merge_r}" if vision_merge_r else f"r{merge_r}"
     results = {}
-    for r in (0, merge_r):
+    for key, (tower_r, r) in {"r0": (0, 0), merged_key: (vision_merge_r, merge_r)}.items():
         torch.manual_seed(0)
-        model = SimVlgForConditionalGeneration(get_config("simvlg-tiny", merge_r=r)).train()
+        config = get_config("simvlg-tiny", merge_r=r, vision_merge_r=tower_r)
+        model = SimVlgForConditionalGeneration(config).train()
         optimizer = trainer_optimizer(model, lr=1e-3)
         order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(0)).tolist()
         start, losses = time.perf_counter(), []
@@ -168,12 +176,12 @@ def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int
         model.eval()
         scores = evaluation.captioning(model, processor, held_out["image"], [[c] for c in held_out["text"]],
                                        progress=False)
-        results[f"r{r}"] = {"merge_r": r, "train_s": train_s, "s_per_step": train_s / max(steps, 1),
+        results[key] = {"merge_r": r, "vision_merge_r": tower_r, "train_s": train_s, "s_per_step": train_s / max(steps, 1),
                             "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                             "exact_match": scores["exact_match"], "cider": scores["cider"], "bleu4": scores["bleu4"]}
-        print(f"simvlg quality merge_r={r}: exact match {scores['exact_match']:.3f}, CIDEr {scores['cider']:.2f}, "
+        print(f"simvlg quality {key}: exact match {scores['exact_match']:.3f}, CIDEr {scores['cider']:.2f}, "
               f"{train_s / max(steps, 1):.3f} s/step", flush=True)
-    base, merged = results["r0"], results[f"r{merge_r}"]
+    base, merged = results["r0"], results[merged_key]
     results["exact_match_points_lost"] = 100 * (base["exact_match"] - merged["exact_match"])
     results["step_speedup"] = base["s_per_step"] / merged["s_per_step"]
     results["settings"] = {"steps": steps, "batch": batch, "eval_samples": len(held_out), "split": "test_iid"}
@@ -188,10 +196,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quality_steps", type=int, default=600, help="0 skips the quality comparison")
     parser.add_argument("--quality_eval_samples", type=int, default=200)
+    parser.add_argument("--quality_merge_r", type=int, default=3, help="merged setting: r per connector layer")
+    parser.add_argument("--quality_vision_merge_r", type=int, default=0, help="merged setting: r per tower layer")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     report = {
+        "benchmark": "token_merge",
         "machine": {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
                     "platform": platform.platform()},
         "settings": {"batch": args.batch, "iters": args.iters, "tower": "CLIP ViT-B/16 shapes, 197 tokens"},
@@ -199,7 +210,8 @@ def main() -> None:
         "simvlg_step": bench_simvlg(args.batch, args.iters, device, sync),
     }
     if args.quality_steps > 0:
-        report["simvlg_quality"] = bench_simvlg_quality(args.quality_steps, 32, args.quality_eval_samples)
+        report["simvlg_quality"] = bench_simvlg_quality(args.quality_steps, 32, args.quality_eval_samples,
+                                                        args.quality_merge_r, args.quality_vision_merge_r)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: {p: round(v["speedup"], 2) for p, v in report[k].items()} for k in ("tower", "simvlg_step")}))

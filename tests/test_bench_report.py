@@ -185,3 +185,36 @@ def test_render_objectives_and_pformer(report, tmp_path):
     assert "| caption_context | 0.900 | 0.950 |" in markdown and "alignment_mse_test/blip2 = 0.5" in markdown
     if report._plt() is not None:
         assert {p.name for p in pngs} == {"objectives.png", "pformer_vs_blip2.png"}
+
+
+def _step(tower_r, r, tokens, step_s, speedup):
+    return {"vision_merge_r": tower_r, "merge_r": r, "visual_tokens": tokens, "step_s": step_s, "speedup": speedup}
+
+
+TOKEN_MERGE = {
+    "benchmark": "token_merge",
+    "machine": {"device": "cpu"},
+    "settings": {"batch": 4, "tower": "CLIP ViT-B/16 shapes, 197 tokens"},
+    "tower": {"r0": {"r": 0, "tokens_out": 197, "images_per_s": 2.0, "speedup": 1.0, "flop_ratio": 1.0},
+              "r13": {"r": 13, "tokens_out": 41, "images_per_s": 3.2, "speedup": 1.6, "flop_ratio": 1.7}},
+    "simvlg_step": {"r0": _step(0, 0, 197, 3.0, 1.0), "tower14_r0": _step(14, 0, 29, 0.75, 4.0)},
+    "simvlg_quality": {
+        "r0": {"merge_r": 0, "vision_merge_r": 0, "exact_match": 0.5, "cider": 6.0, "s_per_step": 0.12},
+        "tower3_r0": {"merge_r": 0, "vision_merge_r": 3, "exact_match": 0.6, "cider": 7.0, "s_per_step": 0.1},
+        "exact_match_points_lost": -10.0, "step_speedup": 1.2,
+        "settings": {"steps": 30, "batch": 32, "eval_samples": 20, "split": "test_iid"},
+    },
+}
+
+
+def test_render_token_merge(report, tmp_path):
+    markdown, pngs = report.render([_write(tmp_path, "tm.json", TOKEN_MERGE)], tmp_path / "out")
+    assert "| 13 | 41 | 3.200 | 1.600 | 1.700 |" in markdown
+    assert "| tower14_r0 | 14 | 0 | 29 | 0.750 | 4.000 |" in markdown
+    assert "| tower3_r0 | 3 | 0 | 0.600 | 7.000 | 0.100 |" in markdown
+    assert "Exact-match points lost to merging: -10.0; step speedup 1.20x." in markdown
+    without_quality = {k: v for k, v in TOKEN_MERGE.items() if k != "simvlg_quality"}
+    markdown, _ = report.render([_write(tmp_path, "tm2.json", without_quality)], tmp_path / "out2")
+    assert "Caption quality" not in markdown
+    if report._plt() is not None:
+        assert [p.name for p in pngs] == ["token_merge.png"] and pngs[0].stat().st_size > 1000

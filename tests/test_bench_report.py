@@ -33,6 +33,7 @@ VS = {
     "generate_tokens_per_s_ratio_batch8_by_images_interval2": {"1": 1.9, "4": 2.4},
     "generate_ceiling_ratio": 3.2,
     "generate_ceiling_ratio_by_images": {"1": 3.2, "4": 4.5},
+    "generate_ceiling_with_encoding_ratio_by_images": {"1": 2.9, "4": 1.8},
     "trainable_params_ratio_released_2b": 0.4985,
     "trainable_params_ratio_released_2b_interval2": 0.2881,
     "trainable_params_ratio_released_2b_interval2_compress2": 0.183,
@@ -117,6 +118,7 @@ def test_render_all_kinds(report, tmp_path, capsys):
     assert "| generate_tokens_per_s_ratio_batch8_4img_interval2 (fastest repeat) | 2.500 |" in markdown
     assert "| generate_ceiling_ratio | 3.200 | - | - |" in markdown
     assert "| generate_ceiling_ratio (4 images) | 4.500 |" in markdown
+    assert "| generate_ceiling_with_encoding_ratio (4 images) | 1.800 |" in markdown
     assert "| trainable_params_ratio_released_2b_interval2 | 0.288 | - | - |" in markdown
     assert "| trainable_params_ratio_released_2b_interval2_compress2 | 0.183 | - | - |" in markdown
     assert "| generate/1img/lm_only | 32.00 tokens/s |" in markdown

@@ -144,7 +144,7 @@ def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
 
 
 def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int = 3,
-                         vision_merge_r: int = 0) -> dict:
+                         vision_merge_r: int = 0, seed: int = 0) -> dict:
     """Caption quality of simvlg-tiny with and without merging (r per connector layer, `vision_merge_r` per tower
     layer) after the same steps and data order. Keys: `r0` and `r{merge_r}` (`tower{vision_merge_r}_r{merge_r}` when
     the tower merges)."""
@@ -159,11 +159,11 @@ def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int
     merged_key = f"tower{vision_merge_r}_r{merge_r}" if vision_merge_r else f"r{merge_r}"
     results = {}
     for key, (tower_r, r) in {"r0": (0, 0), merged_key: (vision_merge_r, merge_r)}.items():
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         config = get_config("simvlg-tiny", merge_r=r, vision_merge_r=tower_r)
         model = SimVlgForConditionalGeneration(config).train()
         optimizer = trainer_optimizer(model, lr=1e-3)
-        order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(0)).tolist()
+        order = torch.randperm(len(data["train"]), generator=torch.Generator().manual_seed(seed)).tolist()
         start, losses = time.perf_counter(), []
         for step in range(steps):
             rows = [data["train"][order[(step * batch + k) % len(order)]] for k in range(batch)]  # wraps epochs
@@ -184,7 +184,8 @@ def bench_simvlg_quality(steps: int, batch: int, eval_samples: int, merge_r: int
     base, merged = results["r0"], results[merged_key]
     results["exact_match_points_lost"] = 100 * (base["exact_match"] - merged["exact_match"])
     results["step_speedup"] = base["s_per_step"] / merged["s_per_step"]
-    results["settings"] = {"steps": steps, "batch": batch, "eval_samples": len(held_out), "split": "test_iid"}
+    results["settings"] = {"steps": steps, "batch": batch, "eval_samples": len(held_out), "split": "test_iid",
+                           "seed": seed}
     return results
 
 
@@ -198,6 +199,7 @@ def main() -> None:
     parser.add_argument("--quality_eval_samples", type=int, default=200)
     parser.add_argument("--quality_merge_r", type=int, default=3, help="merged setting: r per connector layer")
     parser.add_argument("--quality_vision_merge_r", type=int, default=0, help="merged setting: r per tower layer")
+    parser.add_argument("--quality_seed", type=int, default=0, help="initial weights and batch order of both settings")
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -211,7 +213,8 @@ def main() -> None:
     }
     if args.quality_steps > 0:
         report["simvlg_quality"] = bench_simvlg_quality(args.quality_steps, 32, args.quality_eval_samples,
-                                                        args.quality_merge_r, args.quality_vision_merge_r)
+                                                        args.quality_merge_r, args.quality_vision_merge_r,
+                                                        args.quality_seed)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
     print(json.dumps({k: {p: round(v["speedup"], 2) for p, v in report[k].items()} for k in ("tower", "simvlg_step")}))

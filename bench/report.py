@@ -53,6 +53,14 @@ def _plt():
         return None
 
 
+def save_figure(plt, fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close `fig`; returns `path`."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ vs_openflamingo
 def render_vs(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
     lines = ["## CosMo vs OpenFlamingo (ours / OpenFlamingo, same machine and venv)", ""]
@@ -136,10 +144,7 @@ def render_vs(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
             ax.set_xticks(range(len(keys)), [k.replace("_ratio", "").replace("_", "\n") for k in keys], fontsize=8)
             ax.set_ylabel("ours / OpenFlamingo")
             ax.set_title("CosMo vs OpenFlamingo (red: target)")
-            fig.tight_layout()
-            pngs.append(out / "vs_openflamingo.png")
-            fig.savefig(pngs[-1], dpi=110)
-            plt.close(fig)
+            pngs.append(save_figure(plt, fig, out / "vs_openflamingo.png"))
     return lines, pngs
 
 
@@ -161,10 +166,7 @@ def render_roofline(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
         ax.bar(names, [100 * r["fraction_of_peak"] for r in data["configs"]], color="tab:green")
         ax.set_ylabel("% of measured matmul peak")
         ax.set_title("Training-step FLOP/s utilisation")
-        fig.tight_layout()
-        pngs.append(out / "roofline.png")
-        fig.savefig(pngs[-1], dpi=110)
-        plt.close(fig)
+        pngs.append(save_figure(plt, fig, out / "roofline.png"))
     return lines, pngs
 
 
@@ -200,10 +202,7 @@ def render_scaling(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
                 ax.set_ylabel(ylabel)
                 ax.legend()
             fig.suptitle(f"Scaling with {axis}")
-            fig.tight_layout()
-            pngs.append(out / f"scaling_{axis}.png")
-            fig.savefig(pngs[-1], dpi=110)
-            plt.close(fig)
+            pngs.append(save_figure(plt, fig, out / f"scaling_{axis}.png"))
     return lines, pngs
 
 
@@ -236,10 +235,7 @@ def render_objectives(data: dict, out: Path, plt) -> tuple[list[str], list[Path]
         ax.set_ylabel("recall@1")
         ax.legend(fontsize=7)
         ax.set_title("Retrieval R@1 per objective setting")
-        fig.tight_layout()
-        pngs.append(out / "objectives.png")
-        fig.savefig(pngs[-1], dpi=110)
-        plt.close(fig)
+        pngs.append(save_figure(plt, fig, out / "objectives.png"))
     return lines, pngs
 
 
@@ -275,10 +271,7 @@ def render_pformer(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
         ax.set_xticks(range(len(keys)), [k.replace("/", "\n") for k in keys], fontsize=6)
         ax.legend(fontsize=7)
         ax.set_title("P-Former-aligned BLIP-2 vs BLIP-2")
-        fig.tight_layout()
-        pngs.append(out / "pformer_vs_blip2.png")
-        fig.savefig(pngs[-1], dpi=110)
-        plt.close(fig)
+        pngs.append(save_figure(plt, fig, out / "pformer_vs_blip2.png"))
     return lines, pngs
 
 
@@ -318,10 +311,7 @@ def render_token_merge(data: dict, out: Path, plt) -> tuple[list[str], list[Path
         right.set_xticks(range(len(names)), names, rotation=30, fontsize=7)
         right.set_ylabel("speedup over no merging")
         right.set_title("SimVLG training step")
-        fig.tight_layout()
-        pngs.append(out / "token_merge.png")
-        fig.savefig(pngs[-1], dpi=110)
-        plt.close(fig)
+        pngs.append(save_figure(plt, fig, out / "token_merge.png"))
     return lines, pngs
 
 

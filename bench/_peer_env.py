@@ -231,6 +231,15 @@ def peer_machine_info(python: Path) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def variant_name(task: dict) -> str:
+    """A compared model's name, shared by the plans and the workers: `cosmo`, `cosmo/interval2`, `openflamingo`,
+    `openflamingo/frozen_embeddings`, `lm_only`."""
+    name = task["model"]
+    if task["model"] == "cosmo" and task.get("cross_attention_interval", 1) != 1:
+        name += f"/interval{task['cross_attention_interval']}"
+    return name + ("/frozen_embeddings" if task.get("freeze_lm_embeddings") else "")
+
+
 def median(values):
     values = sorted(values)
     n = len(values)

@@ -229,14 +229,6 @@ def cosmo_loss(model, batch: dict) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- workloads
-def variant_name(task: dict) -> str:
-    """`cosmo`, `cosmo/interval2`, `openflamingo`, `openflamingo/frozen_embeddings`, `lm_only`."""
-    name = task["model"]
-    if task["model"] == "cosmo" and task.get("cross_attention_interval", 1) != 1:
-        name += f"/interval{task['cross_attention_interval']}"
-    return name + ("/frozen_embeddings" if task.get("freeze_lm_embeddings") else "")
-
-
 def build(task: dict, lm_dir: Path):
     if task["model"] == "cosmo":
         return build_cosmo(task["shape"], lm_dir, cross_attention_interval=task.get("cross_attention_interval", 1))
@@ -286,7 +278,7 @@ def trainer_optimizer(model, lr: float = 1e-4) -> torch.optim.Optimizer:
 
 def train_task(task: dict) -> dict:
     """Build the model, then time forward+backward+AdamW steps and record the peak resident memory."""
-    from _peer_env import PeakMemory, median, rss_bytes
+    from _peer_env import PeakMemory, median, rss_bytes, variant_name
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -436,6 +428,8 @@ def released_params_task(task: dict) -> dict:
 
 def _paired(task: dict, lm_dir: Path) -> list[tuple[str, object]]:
     variants = task.get("variants") or [{"model": "cosmo"}, {"model": "openflamingo"}]
+    from _peer_env import variant_name
+
     return [(variant_name(v), build({**task, **v}, lm_dir)) for v in variants]
 
 

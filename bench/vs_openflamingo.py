@@ -19,7 +19,8 @@ repository has two OPT-IML-1.3B training configurations: the 18M-sample baseline
 compress ratio 1) and the full-data 180M-sample one (interval 2, compress ratio 2). The paper's claim of 34% of
 OpenFlamingo's learnable parameters is out of reach for interval 1 (about 0.50 at the 2.1B shape), while interval 2
 comes near it (0.29, or 0.32 against OpenFlamingo with frozen LM embeddings), so every CosMo figure is given for
-both: keys without a suffix are interval 1, keys ending in `_interval2` the second variant. The 2.1B-shape count also covers interval 2 with compress ratio 2.
+both: keys without a suffix are interval 1, keys ending in `_interval2` the second variant. The 2.1B-shape count
+also covers interval 2 with compress ratio 2.
 
 Measured:
 - training step: forward + backward + optimizer step (transformers' Trainer default: fused AdamW) on a batch of
@@ -110,9 +111,8 @@ def plan(quick: bool) -> list[dict]:
              {"name": "pair_train", "kind": "pair_train", "shape": shape, "batch": batch, "variants": variants,
               "warmup": warmup, "iters": iters}]
     for v in variants:  # memory and parameters: one process per model, a few steps
-        name = f"train/{v['model']}" + (f"/interval{v['cross_attention_interval']}" if "cross_attention_interval" in v
-                                        else "") + ("/frozen_embeddings" if v.get("freeze_lm_embeddings") else "")
-        tasks.append({"name": name, "kind": "train", "shape": shape, "batch": batch, "warmup": 1, "iters": 2, **v})
+        tasks.append({"name": f"train/{_peer_env.variant_name(v)}", "kind": "train", "shape": shape, "batch": batch,
+                      "warmup": 1, "iters": 2, **v})
     for rows in GEN_BATCHES:
         gen_variants = cosmo + peers[:1] + ([{"model": "lm_only"}] if rows == 1 else [])
         for n in (1, 4):
@@ -217,9 +217,10 @@ def summarise(results: dict, quick: bool, info: dict, wall: float) -> dict:
             "train_step_time_ratio and peak_memory_ratio compare against OpenFlamingo as configured by its factory "
             "(LM input embeddings trained); *_frozen_embeddings against freeze_lm_embeddings=True.",
             "Keys without a suffix are CosMo with cross-attention before every upper layer (interval 1, as the "
-            "cosmo-2b preset and the reference repository's 18M-sample configuration); keys ending in _interval2 are CosMo with cross-attention before every second upper layer "
-            "(the reference repository's full-data configuration, which also uses compress ratio 2; the paper's 34% "
-            "learnable-parameter claim is only approached by interval 2). *_released_2b_interval2_compress2 counts "
+            "cosmo-2b preset and the reference repository's 18M-sample configuration); keys ending in _interval2 "
+            "are CosMo with cross-attention before every second upper layer (the reference repository's full-data "
+            "configuration, which also uses compress ratio 2; the paper's 34% learnable-parameter claim is only "
+            "approached by interval 2). *_released_2b_interval2_compress2 counts "
             "that full configuration at the 2.1B shape.",
             "generate_tokens_per_s_ratio is the smaller of the 1-image and 4-image ratios at batch 1; "
             "generate_tokens_per_s_ratio_batch8 the same at batch 8 (the prompt repeated 8 times, 8 x images, "

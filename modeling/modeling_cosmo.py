@@ -9,6 +9,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.utils import ModelOutput
 
+from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, pop_cache
 from .configuration_cosmo import CosmoConfig
 from .contrastive import ContrastiveProjection, LogitScale, contrastive_logits, symmetric_contrastive_loss
 from .cross_attention import GatedCrossAttentionBlock
@@ -35,6 +36,7 @@ class CosmoVisualCache:
 
 
 @dataclass
+@cache_field
 class CosmoModelOutput(ModelOutput):
     """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed.
 
@@ -44,7 +46,7 @@ class CosmoModelOutput(ModelOutput):
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     contrastive_loss: torch.FloatTensor | None = None
@@ -57,6 +59,7 @@ class CosmoModelOutput(ModelOutput):
 
 
 @dataclass
+@cache_field
 class CosmoOutput(ModelOutput):
     """Outputs of `CosmoForConditionalGeneration`: `loss = lm_loss + contrastive_loss_weight * contrastive_loss`."""
 
@@ -64,7 +67,7 @@ class CosmoOutput(ModelOutput):
     lm_loss: torch.FloatTensor | None = None
     contrastive_loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     image_embeds: torch.FloatTensor | None = None
@@ -92,7 +95,7 @@ class CosmoPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _can_compile_fullgraph = False
     _no_split_modules = ["MultimodalDecoderLayer", "PerceiverLayer"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -268,7 +271,7 @@ class CosmoModel(CosmoPreTrainedModel):
         media_mask: torch.BoolTensor | None = None,
         frame_mask: torch.BoolTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         visual_cache: CosmoVisualCache | None = None,
@@ -283,13 +286,14 @@ class CosmoModel(CosmoPreTrainedModel):
         media_index: (B, T) latest media index per token (computed from `input_ids` when not given).
         return_loss: compute the contrastive loss (needs exactly one media item per sample).
         """
+        cache = pop_cache(cache, kwargs)
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
             return self._media_only_output(self.encode_media(pixel_values, media_mask, frame_mask))
         if visual_cache is None and pixel_values is not None:
             visual_cache = self.encode_media(pixel_values, media_mask, frame_mask)
-            if input_ids is not None and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            if input_ids is not None and (cache is None or cache.get_seq_length() == 0):
                 self._check_media_tokens(input_ids, visual_cache.media_mask)
         if media_index is None and visual_cache is not None:
             if input_ids is None:
@@ -301,7 +305,7 @@ class CosmoModel(CosmoPreTrainedModel):
                 "The contrastive loss needs exactly one image or video per sample (a pair batch); "
                 "call with return_loss=False for interleaved documents."
             )
-        full_sequence = past_key_values is None or past_key_values.get_seq_length() == 0
+        full_sequence = cache is None or cache.get_seq_length() == 0
         want_embeds = bool(return_loss) or (pair_batch and full_sequence and pixel_values is not None)
         context = VisualContext(
             latents=None if visual_cache is None else visual_cache.latents,
@@ -314,7 +318,7 @@ class CosmoModel(CosmoPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **cache_kwargs(cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             visual_context=context,
@@ -322,7 +326,7 @@ class CosmoModel(CosmoPreTrainedModel):
         )
         result = CosmoModelOutput(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             visual_cache=visual_cache,
@@ -377,7 +381,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         media_mask: torch.BoolTensor | None = None,
         frame_mask: torch.BoolTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -393,6 +397,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             (exactly one image or video per sample), never on interleaved documents.
         Other arguments as `CosmoModel.forward`.
         """
+        cache = pop_cache(cache, kwargs)
         if return_loss is None:
             return_loss = labels is not None and pixel_values is not None and _is_pair_batch(pixel_values, media_mask)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -403,7 +408,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             media_mask=media_mask,
             frame_mask=frame_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             visual_cache=visual_cache,
@@ -428,7 +433,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             lm_loss=lm_loss,
             contrastive_loss=outputs.contrastive_loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_embeds=outputs.image_embeds,
@@ -443,7 +448,6 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self,
         input_ids,
-        past_key_values=None,
         attention_mask=None,
         inputs_embeds=None,
         pixel_values=None,
@@ -455,7 +459,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         # The media index needs the whole sequence; the LM inputs are only the new tokens.
         media_index = media_index_from_ids(input_ids, self.config.media_token_id)
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, past_key_values=past_key_values, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
         step_ids = model_inputs.get("input_ids")
         if step_ids is not None:

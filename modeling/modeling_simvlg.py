@@ -11,6 +11,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.utils import ModelOutput
 
 from .attention import multihead_attention
+from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, pop_cache
 from .configuration_simvlg import SimVlgConfig
 from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .temporal_merging import TemporalAttention, TemporalTokenMerging, frame_mean
@@ -53,6 +54,7 @@ class SimVlgVisualTokens:
 
 
 @dataclass
+@cache_field
 class SimVlgModelOutput(ModelOutput):
     """Outputs of `SimVlgModel`: LM hidden states over the sequence with the visual tokens in place.
 
@@ -61,7 +63,7 @@ class SimVlgModelOutput(ModelOutput):
     """
 
     last_hidden_state: torch.FloatTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     attention_mask: torch.Tensor | None = None
@@ -69,6 +71,7 @@ class SimVlgModelOutput(ModelOutput):
 
 
 @dataclass
+@cache_field
 class SimVlgOutput(ModelOutput):
     """Outputs of `SimVlgForConditionalGeneration`: the LM loss over the text tokens (visual tokens ignored).
     `logits` and `labels` are those of the expanded sequence (K positions per `<visual>` placeholder)."""
@@ -76,7 +79,7 @@ class SimVlgOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     labels: torch.LongTensor | None = None
-    past_key_values: Cache | None = None
+    cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
     attention_mask: torch.Tensor | None = None
@@ -208,7 +211,7 @@ class SimVlgPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = False  # proportional attention is a float bias
     _can_compile_fullgraph = False
     _no_split_modules = ["SimVlgConnectorLayer", "TemporalAttention"]
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = [CACHE_NAME]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -392,7 +395,7 @@ class SimVlgModel(SimVlgPreTrainedModel):
         media_mask: torch.BoolTensor | None = None,
         frame_mask: torch.BoolTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         visual_tokens: SimVlgVisualTokens | None = None,
@@ -405,12 +408,13 @@ class SimVlgModel(SimVlgPreTrainedModel):
             the first placeholders of each sample are replaced by the merged visual tokens of its media.
         visual_tokens: media encoded by an earlier call (`encode_media`); replaces `pixel_values`.
         """
+        cache = pop_cache(cache, kwargs)
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
             visual = self.encode_media(pixel_values, media_mask, frame_mask)
             return SimVlgModelOutput(last_hidden_state=visual.embeds.flatten(1, 2), visual_tokens=visual)
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        prefill = cache is None or cache.get_seq_length() == 0
         if input_ids is not None and prefill and (visual_tokens is not None or pixel_values is not None):
             if visual_tokens is None:
                 visual_tokens = self.encode_media(pixel_values, media_mask, frame_mask)
@@ -424,14 +428,14 @@ class SimVlgModel(SimVlgPreTrainedModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            **cache_kwargs(cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
         )
         return SimVlgModelOutput(
             last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             attention_mask=attention_mask,
@@ -482,7 +486,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
         media_mask: torch.BoolTensor | None = None,
         frame_mask: torch.BoolTensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -495,8 +499,9 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
             with `return_labels=True`; they are expanded with the visual tokens (which get -100).
         Other arguments as `SimVlgModel.forward`.
         """
+        cache = pop_cache(cache, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        prefill = past_key_values is None or past_key_values.get_seq_length() == 0
+        prefill = cache is None or cache.get_seq_length() == 0
         if input_ids is not None and prefill and (visual_tokens is not None or pixel_values is not None):
             if visual_tokens is None:
                 visual_tokens = self.model.encode_media(pixel_values, media_mask, frame_mask)
@@ -508,7 +513,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             **kwargs,
@@ -525,7 +530,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
             loss=loss,
             logits=logits,
             labels=labels,
-            past_key_values=outputs.past_key_values,
+            **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             attention_mask=outputs.attention_mask,

@@ -78,6 +78,13 @@ class PFormerConfig(PreTrainedConfig):
         if not 0.0 <= self.mask_probability < 1.0:
             raise ValueError(f"mask_probability={self.mask_probability} must be in [0, 1).")
 
+    def get_text_config(self, decoder: bool | None = None, encoder: bool | None = None) -> PreTrainedConfig:
+        """The config of the model's text input, the encoder (its `input_ids`, `get_input_embeddings`,
+        `resize_token_embeddings`); with `decoder=True` alone, the causal LM's, which writes text."""
+        if decoder and not encoder:
+            return self.text_config
+        return self.encoder_config
+
     @property
     def prompt_dim(self) -> int:
         """Width of each predicted prompt: the LM's input-embedding width."""

@@ -18,7 +18,9 @@ from torch import nn
 from transformers import AutoModel, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.loss.loss_utils import ForCausalLMLoss
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_pformer import PFormerConfig
 from .vlp_objectives import LearnableTemperature
@@ -32,7 +34,8 @@ class PFormerOutput(ModelOutput):
     """Outputs of `PFormerModel`. `loss` is the weighted sum of the three components (each reported unweighted).
 
     prompts: (B, n, D_lm) predicted prompts; text_embeds: (B, contrastive_dim) normalised [CLS] projection of the
-    first view; logits: (B, n + T, V) LM logits over prompts + sentence.
+    first view; logits: (B, n + T, V) LM logits over prompts + sentence; hidden_states / attentions: the encoder's,
+    for the first view, when asked for (`output_hidden_states`, `output_attentions`).
     """
 
     loss: torch.FloatTensor | None = None
@@ -43,6 +46,8 @@ class PFormerOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     temperature: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class PromptHead(nn.Module):
@@ -178,20 +183,72 @@ class PFormerModel(PFormerPreTrainedModel):
         self.encoder.set_input_embeddings(value)
 
     # --------------------------------------------------------------------------------------------- encoder
-    def _cls(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, 0]  # (B, H)
+    def _requested(self, hidden_states: bool | None, attentions: bool | None) -> dict:
+        """`output_hidden_states` / `output_attentions` for the encoder: the arguments, else the config's."""
+        return {
+            "output_hidden_states": self.config.output_hidden_states if hidden_states is None else hidden_states,
+            "output_attentions": self.config.output_attentions if attentions is None else attentions,
+        }
+
+    def _encode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> ModelOutput:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        return self.encoder(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+            return_dict=True,
+        )
 
     def get_prompts(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Prompts (B, n, D_lm) of unmasked sentences: the alignment targets for a vision-language connector."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return self.prompt_head(self._cls(input_ids, attention_mask))
+        return self.prompt_head(self._encode(input_ids, attention_mask).last_hidden_state[:, 0])
 
-    def get_text_features(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Normalised [CLS] projections (B, contrastive_dim) of unmasked sentences."""
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        return F.normalize(self.contrastive_projection(self._cls(input_ids, attention_mask)), dim=-1)
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+    ) -> BaseModelOutputWithPooling:
+        """Encoder outputs of unmasked sentences; `pooler_output` (B, contrastive_dim) is the normalised [CLS]
+        projection of the self-contrastive term. A tuple with `return_dict=False`."""
+        encoded = self._encode(input_ids, attention_mask, **self._requested(output_hidden_states, output_attentions))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=encoded.last_hidden_state,  # (B, T, H)
+            pooler_output=F.normalize(self.contrastive_projection(encoded.last_hidden_state[:, 0]), dim=-1),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+
+    def _views(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The two views of the contrastive term: independently masked in training, else the sentence itself."""
+        config = self.config
+        if not (self.training and config.mask_probability > 0):
+            return [(input_ids, attention_mask)] * 2
+        return [mask_tokens(input_ids, attention_mask, config.mask_probability, config.mask_token_id) for _ in range(2)]
+
+    def _encode_views(self, views: list, **requested) -> tuple[ModelOutput, torch.Tensor]:
+        """(encoder outputs of the first view, [CLS] states (2B, H) of both views). Identical views share one pass;
+        masked views share one batch unless the first view's hidden states or attentions are requested."""
+        if views[0] is views[1]:
+            first = self._encode(*views[0], **requested)
+            cls = first.last_hidden_state[:, 0]  # (B, H)
+            return first, torch.cat([cls, cls])
+        if not any(requested.values()):
+            both = self._encode(torch.cat([v[0] for v in views]), torch.cat([v[1] for v in views]))
+            return both, both.last_hidden_state[:, 0]  # (2B, H)
+        first = self._encode(*views[0], **requested)
+        second = self._encode(*views[1])
+        return first, torch.cat([first.last_hidden_state[:, 0], second.last_hidden_state[:, 0]])  # (2B, H)
 
     # ------------------------------------------------------------------------------------------------ loss
     def _lm_labels(self, lm_input_ids: torch.Tensor, lm_attention_mask: torch.Tensor) -> torch.Tensor:
@@ -201,6 +258,7 @@ class PFormerModel(PFormerPreTrainedModel):
             labels[:, 0] = torch.where(labels[:, 0] == bos, IGNORE_INDEX, labels[:, 0])
         return labels
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor,
@@ -210,6 +268,8 @@ class PFormerModel(PFormerPreTrainedModel):
         labels: torch.LongTensor | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> PFormerOutput:
         r"""
         input_ids / attention_mask: (B, T) the sentence in the encoder's tokenizer (first token = [CLS]/BOS).
@@ -218,6 +278,8 @@ class PFormerModel(PFormerPreTrainedModel):
             and without the leading BOS. `num_items_in_batch` (their count over the accumulated batch) normalises
             the LM loss as transformers' Trainer expects.
         return_loss: accepted for trainer compatibility; the self-contrastive term is always computed locally.
+        output_hidden_states / output_attentions: return the encoder's, for the first view (default: the config's).
+        return_dict=False gives a tuple of the non-None output fields.
 
         In training mode the encoder input is masked (`config.mask_probability`) twice, giving the two views of the
         contrastive term; the first view predicts the prompts. In eval mode both views are the unmasked sentence.
@@ -232,15 +294,11 @@ class PFormerModel(PFormerPreTrainedModel):
         if labels is None:
             labels = self._lm_labels(lm_input_ids, lm_attention_mask)
 
-        # Two views of each sentence through the encoder in one batch.
-        views = []
-        for _ in range(2):
-            if self.training and config.mask_probability > 0:
-                views.append(mask_tokens(input_ids, attention_mask, config.mask_probability, config.mask_token_id))
-            else:
-                views.append((input_ids, attention_mask))
+        # Two views of each sentence through the encoder.
         batch = input_ids.shape[0]
-        cls = self._cls(torch.cat([v[0] for v in views]), torch.cat([v[1] for v in views]))  # (2B, H)
+        encoded, cls = self._encode_views(
+            self._views(input_ids, attention_mask), **self._requested(output_hidden_states, output_attentions)
+        )  # cls: (2B, H)
 
         # Self-contrastive term on the [CLS] projections.
         temperature = self.temperature()
@@ -255,7 +313,13 @@ class PFormerModel(PFormerPreTrainedModel):
         text_embeds = embedding(lm_input_ids)  # (B, T', D_lm)
         inputs_embeds = torch.cat([prompts.to(text_embeds.dtype), text_embeds], dim=1)  # (B, n + T', D_lm)
         prompt_mask = torch.ones(batch, config.num_prompts, dtype=lm_attention_mask.dtype, device=lm_attention_mask.device)
-        lm_out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=torch.cat([prompt_mask, lm_attention_mask], 1))
+        lm_out = self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=torch.cat([prompt_mask, lm_attention_mask], 1),
+            output_hidden_states=False,
+            output_attentions=False,
+            return_dict=True,
+        )
         full_labels = torch.cat([torch.full_like(prompt_mask, IGNORE_INDEX, dtype=labels.dtype), labels.to(prompt_mask.device)], 1)
         lm_loss = ForCausalLMLoss(
             lm_out.logits, full_labels, vocab_size=lm_out.logits.shape[-1], num_items_in_batch=num_items_in_batch
@@ -276,6 +340,8 @@ class PFormerModel(PFormerPreTrainedModel):
             text_embeds=embeds[:batch],
             logits=lm_out.logits,
             temperature=temperature.detach(),
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
         )
 
 

@@ -4,7 +4,7 @@ from .collators import SampleError, SkipStats, VLCollator
 from .images import ImageLoadingError, load_image
 from .loaders import detect_format, load_any, load_image_text, load_interleaved, load_interleaved_video, load_video_text
 from .mixing import RoundRobinBatches
-from .processing_cosmo import IGNORE_INDEX, CosmoProcessor
+from .processing_cosmo import IGNORE_INDEX, CosmoProcessor, CosmoProcessorKwargs, default_chat_template
 from .synthetic import (
     EMBEDDED_DATASETS,
     flatten_interleaved,
@@ -75,8 +75,10 @@ __all__ = [
     "SPECIAL_TOKEN_IDS",
     "UNK_TOKEN",
     "CosmoProcessor",
+    "CosmoProcessorKwargs",
     "PromptWithMedia",
     "caption_prompt",
+    "default_chat_template",
     "default_image_processor",
     "load_default_processor",
     "load_default_tokenizer",

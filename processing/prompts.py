@@ -102,7 +102,7 @@ def messages_to_prompt(
 
     Text pieces and turns are joined with ``separator`` where neither side already has whitespace (and not right
     after a ``<visual>``); every assistant turn ends with ``<|endofchunk|>``. A conversation ending with a user
-    turn is therefore a prompt ready for generation.
+    turn is therefore a prompt ready for generation. ``CosmoProcessor``'s chat template renders the same text.
     """
     text = ""
     media: list = []

@@ -39,8 +39,12 @@ def _download_sdist_tests() -> str | None:
     """Unpack `tests/*.py` of the transformers sdist into the cache; returns why not, or None."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-               "--no-build-isolation", f"transformers=={VERSION}", "-d", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+               f"transformers=={VERSION}", "-d", tmp]
+        # Without build isolation pip reads the sdist's metadata with the installed setuptools (fast, offline-safe);
+        # where that fails, the isolated build is the fallback.
+        done = subprocess.run(cmd + ["--no-build-isolation"], capture_output=True, text=True)
+        if done.returncode:
+            done = subprocess.run(cmd, capture_output=True, text=True)
         archives = list(Path(tmp).glob("transformers-*.tar.gz"))
         if not archives:
             return f"`pip download` of the transformers {VERSION} sdist failed: {done.stderr.strip()[-300:]}"

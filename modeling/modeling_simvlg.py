@@ -3,12 +3,16 @@
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .attention import multihead_attention
 from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, pop_cache
@@ -53,37 +57,55 @@ class SimVlgVisualTokens:
         return SimVlgVisualTokens(*(t.repeat_interleave(factor, dim=0) for t in (self.embeds, self.mask, self.sizes, self.media_mask)))
 
 
+class _NestedAsTuples(ModelOutput):
+    """`to_tuple` turns nested outputs (`image_outputs`) into tuples too, as transformers' multimodal outputs do."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
+
+
 @dataclass
 @cache_field
-class SimVlgModelOutput(ModelOutput):
+class SimVlgModelOutput(_NestedAsTuples):
     """Outputs of `SimVlgModel`: LM hidden states over the sequence with the visual tokens in place.
 
     Called with media only (no text), `last_hidden_state` holds the visual tokens (B, M*K, D) in the LM width.
-    `attention_mask` is the mask of that expanded sequence.
+    `attention_mask` is the mask of the LM sequence (K positions per media item). `image_outputs`: the media
+    encoded in this call (`get_image_features`), None when none were.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
     attention_mask: torch.Tensor | None = None
     visual_tokens: SimVlgVisualTokens | None = None
 
 
 @dataclass
 @cache_field
-class SimVlgOutput(ModelOutput):
+class SimVlgOutput(_NestedAsTuples):
     """Outputs of `SimVlgForConditionalGeneration`: the LM loss over the text tokens (visual tokens ignored).
-    `logits` and `labels` are those of the expanded sequence (K positions per `<visual>` placeholder)."""
+    `logits` and `labels` are those of the LM sequence (K positions per media item: a prompt with one `<visual>`
+    placeholder per media item gives T + M * (K - 1) positions)."""
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
-    labels: torch.LongTensor | None = None
     cache: Cache | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
+    labels: torch.LongTensor | None = None
     attention_mask: torch.Tensor | None = None
     visual_tokens: SimVlgVisualTokens | None = None
+
+
+def _accepts_old_cache_name(func):
+    """From transformers 5.24, `past_key_values=` still works with transformers' own deprecation warning."""
+    if CACHE_NAME != "cache":
+        return func
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(func)
 
 
 # ---------------------------------------------------------------------------------------------- connector
@@ -146,20 +168,46 @@ class SimVlgConnector(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ sequence layout
-def _expanded_layout(input_ids: torch.Tensor, media_token_id: int, num_media: torch.Tensor, k: int) -> bool:
-    """True when every sample already holds K consecutive placeholders per media item (as `generate` passes them)."""
-    is_media = input_ids == media_token_id
+def _expanded_layout(is_media: torch.Tensor, num_media: torch.Tensor, k: int) -> bool:
+    """True when every sample already holds K consecutive placeholders per media item (the LM layout)."""
     if k == 1 or not bool((num_media > 0).any()):
         return True
     rows = torch.nonzero(num_media > 0).flatten()
+    t = is_media.shape[1]
     first = is_media[rows].float().argmax(dim=-1)  # first placeholder of each sample with media
-    window = first[:, None] + torch.arange(k, device=input_ids.device)
-    inside = window < input_ids.shape[1]
-    runs = is_media[rows[:, None], window.clamp(max=input_ids.shape[1] - 1)] & inside
+    window = first[:, None] + torch.arange(k, device=is_media.device)
+    runs = is_media[rows[:, None], window.clamp(max=t - 1)] & (window < t)
     expanded = runs.all(dim=-1)
     if bool(expanded.any()) and not bool(expanded.all()):
         raise ValueError(f"Some samples hold {k} `<visual>` tokens per media item and others one; use one layout.")
     return bool(expanded.all())
+
+
+def _expansion_index(
+    is_media: torch.Tensor, attention_mask: torch.Tensor | None, num_media: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each position of the expanded sequence comes from, when the first ``num_media[b]`` placeholders of
+    sample b are repeated `k` times; re-padded on the side the input was padded (left when any row starts with
+    padding). Returns source (B, T') positions in the input, valid (B, T') False on new padding, and the
+    placeholders that expand (B, T)."""
+    placeholder = is_media & (is_media.long().cumsum(-1) <= num_media[:, None])
+    reps = torch.where(placeholder, k, 1)  # (B, T)
+    lengths = reps.sum(-1)  # (B,)
+    new_t = int(lengths.max())
+    shift = torch.zeros_like(lengths)
+    if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
+        shift = new_t - lengths  # left padding stays on the left
+    slot = torch.arange(new_t, device=is_media.device)[None, :] - shift[:, None]  # (B, T') index among own tokens
+    source = torch.searchsorted(reps.cumsum(-1), slot.clamp_min(0), right=True)  # (B, T')
+    valid = (slot >= 0) & (slot < lengths[:, None])
+    return torch.where(valid, source, 0), valid, placeholder
+
+
+def _gather_positions(x: torch.Tensor, source: torch.Tensor, valid: torch.Tensor, fill) -> torch.Tensor:
+    """x (B, T, ...) -> (B, T', ...) taken at `source`, `fill` where not `valid`."""
+    index = source.reshape(*source.shape, *([1] * (x.dim() - 2))).expand(*source.shape, *x.shape[2:])
+    out = x.gather(1, index)
+    return torch.where(valid.reshape(index.shape[:2] + (1,) * (x.dim() - 2)), out, fill)
 
 
 def expand_media_tokens(
@@ -174,29 +222,14 @@ def expand_media_tokens(
     """Repeat each of the first ``num_media[b]`` `<visual>` placeholders of sample b `tokens_per_media` times
     (later ones are plain text); re-pad on the side the input was padded (left when any row starts with padding).
     Labels of the placeholders become -100. Returns (input_ids, attention_mask, labels), (B, T')."""
-    b, t = input_ids.shape
-    device = input_ids.device
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
     is_media = input_ids == media_token_id
-    placeholder = is_media & (is_media.long().cumsum(-1) <= num_media[:, None])
-    reps = torch.where(placeholder, tokens_per_media, 1)  # (B, T)
-    lengths = reps.sum(-1)
-    new_t = int(lengths.max())
-    start = reps.cumsum(-1) - reps  # (B, T) first new position of each token
-    if attention_mask is not None and bool((attention_mask[:, 0] == 0).any()):
-        start = start + (new_t - lengths)[:, None]  # left padding stays on the left
-    flat_reps = reps.flatten()
-    src = torch.arange(b * t, device=device).repeat_interleave(flat_reps)  # source token of each new slot
-    offset = torch.arange(src.numel(), device=device) - (flat_reps.cumsum(0) - flat_reps).repeat_interleave(flat_reps)
-    rows, cols = src // t, start.flatten()[src] + offset
-    new_ids = input_ids.new_full((b, new_t), pad_token_id)
-    new_ids[rows, cols] = input_ids.flatten()[src]
-    new_mask = mask.new_zeros((b, new_t))
-    new_mask[rows, cols] = mask.flatten()[src]
+    source, valid, placeholder = _expansion_index(is_media, attention_mask, num_media, tokens_per_media)
+    new_ids = _gather_positions(input_ids, source, valid, pad_token_id)
+    new_mask = _gather_positions(mask, source, valid, 0)
     new_labels = None
     if labels is not None:
-        new_labels = labels.new_full((b, new_t), -100)
-        new_labels[rows, cols] = torch.where(placeholder, -100, labels).flatten()[src]
+        new_labels = _gather_positions(labels.masked_fill(placeholder, -100), source, valid, -100)
     return new_ids, new_mask, new_labels
 
 
@@ -285,16 +318,23 @@ class SimVlgModel(SimVlgPreTrainedModel):
             trainable = trainable or any(p.requires_grad for p in self.temporal_merging.parameters())
         return trainable
 
-    def _vision_features(self, media: torch.Tensor, frame_mask: torch.Tensor) -> tuple[torch.Tensor, MergeState]:
-        """media (N, F, C, H, W) -> tokens (N, P, Dv) of the configured layer and their merge state."""
+    def _vision_features(
+        self, media: torch.Tensor, frame_mask: torch.Tensor, **output_kwargs
+    ) -> tuple[torch.Tensor, MergeState, ModelOutput]:
+        """media (N, F, C, H, W) -> tokens (N, P, Dv) of the configured layer, their merge state, and the tower's
+        output (`output_hidden_states` / `output_attentions` as asked)."""
         n, f = media.shape[:2]
         layer = self.config.vision_feature_layer
         temporal = self.temporal_merging is not None and f > 1
         vision_r = resolve_r(self.config.vision_merge_r, self.config.vision_config.num_hidden_layers)
         context = None
+        if layer != -1:
+            output_kwargs["output_hidden_states"] = True
         with torch.set_grad_enabled(self._tower_needs_grad(temporal)):
             if temporal:
-                features = self.temporal_merging.encode(self.vision_model, media, frame_mask, layer)
+                features, out = self.temporal_merging.encode(
+                    self.vision_model, media, frame_mask, layer, **output_kwargs
+                )
             else:
                 if any(vision_r):
                     if f > 1:
@@ -305,21 +345,18 @@ class SimVlgModel(SimVlgPreTrainedModel):
                         proportional_attention=self.config.merge_proportional_attention,
                     )
                 extra = {} if context is None else {"layer_context": context}
-                out = self.vision_model(pixel_values=media.flatten(0, 1), output_hidden_states=layer != -1, **extra)
+                out = self.vision_model(pixel_values=media.flatten(0, 1), **output_kwargs, **extra, return_dict=True)
                 features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
                 features = frame_mean(features.reshape(n, f, *features.shape[1:]), frame_mask)
         if context is not None and context.state is not None:
-            return features, context.state
+            return features, context.state, out
         mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
-        return features, MergeState.start(mask)
+        return features, MergeState.start(mask), out
 
-    def encode_media(
-        self,
-        pixel_values: torch.Tensor,
-        media_mask: torch.Tensor | None = None,
-        frame_mask: torch.Tensor | None = None,
-    ) -> SimVlgVisualTokens:
-        """pixel_values (B, M, F, C, H, W) -> merged visual tokens in the LM width (padded media/frames skipped)."""
+    def _encode(
+        self, pixel_values, media_mask=None, frame_mask=None, **output_kwargs
+    ) -> tuple[SimVlgVisualTokens, BaseModelOutputWithPooling]:
+        """Media -> merged visual tokens, and the image outputs (`get_image_features`)."""
         pixel_values = as_media_batch(pixel_values)
         b, m, f = pixel_values.shape[:3]
         device = pixel_values.device
@@ -327,7 +364,7 @@ class SimVlgModel(SimVlgPreTrainedModel):
         frame_mask = media_mask[:, :, None].expand(b, m, f) if frame_mask is None else frame_mask.bool()
         frame_mask = frame_mask & media_mask[:, :, None]
         media = pixel_values[media_mask].to(self.vision_model.dtype)  # (n, F, C, H, W)
-        features, state = self._vision_features(media, frame_mask[media_mask])  # (n, P, Dv)
+        features, state, tower = self._vision_features(media, frame_mask[media_mask], **output_kwargs)  # (n, P, Dv)
         x = self.visual_projection(features)  # (n, P, Dc)
         x, size = self.connector(
             x, state.size, self.connector_r(), self.num_protected_tokens, self.config.merge_proportional_attention
@@ -338,22 +375,64 @@ class SimVlgModel(SimVlgPreTrainedModel):
         embeds[media_mask] = x
         sizes = size.new_zeros(b, m, k)
         sizes[media_mask] = size
-        return SimVlgVisualTokens(embeds, sizes > 0, sizes, media_mask)
+        visual = SimVlgVisualTokens(embeds, sizes > 0, sizes, media_mask)
+        image_outputs = BaseModelOutputWithPooling(
+            last_hidden_state=features, pooler_output=x,
+            hidden_states=getattr(tower, "hidden_states", None), attentions=getattr(tower, "attentions", None),
+        )
+        return visual, image_outputs
+
+    def encode_media(
+        self,
+        pixel_values: torch.Tensor,
+        media_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+    ) -> SimVlgVisualTokens:
+        """pixel_values (B, M, F, C, H, W) -> merged visual tokens in the LM width (padded media/frames skipped)."""
+        return self._encode(pixel_values, media_mask, frame_mask)[0]
+
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        media_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Media -> `last_hidden_state` (n, P, Dv): the vision-tower features of the real media fed to the connector;
+        `pooler_output` (n, K, D): the merged visual tokens of each real media item in the LM width (samples, then
+        media, in order);
+        `hidden_states` / `attentions` of the vision tower when asked."""
+        return self._encode(
+            pixel_values, media_mask, frame_mask, **_output_flags(output_hidden_states, output_attentions)
+        )[1]
+
+    # ---------------------------------------------------------------------------------------------- layout
+    def placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        """(B, T) True at `<visual>` placeholders: from `input_ids`, or the placeholder's embedding in
+        `inputs_embeds` (the embedding of `config.media_token_id`)."""
+        if input_ids is not None:
+            return input_ids == self.config.media_token_id
+        token = torch.tensor(self.config.media_token_id, device=inputs_embeds.device)
+        placeholder = self.get_input_embeddings()(token).to(inputs_embeds.dtype)  # (D,)
+        return (inputs_embeds == placeholder).all(dim=-1)
 
     def expand_media_tokens(self, input_ids, attention_mask, labels, visual: SimVlgVisualTokens):
         """The input with K `<visual>` tokens per media item (see `expand_media_tokens`); already expanded inputs
         are returned unchanged."""
         num_media = visual.media_mask.sum(-1)
         k = visual.tokens_per_media
-        if _expanded_layout(input_ids, self.config.media_token_id, num_media, k):
+        if _expanded_layout(input_ids == self.config.media_token_id, num_media, k):
             return input_ids, attention_mask, labels
         pad = self.config.text_config.pad_token_id
         return expand_media_tokens(
             input_ids, attention_mask, labels, self.config.media_token_id, num_media, k, 0 if pad is None else pad
         )
 
-    def _check_media_tokens(self, input_ids: torch.Tensor, visual: SimVlgVisualTokens) -> None:
-        have = (input_ids == self.config.media_token_id).sum(-1)
+    def _check_media_tokens(self, is_media: torch.Tensor, visual: SimVlgVisualTokens) -> None:
+        have = is_media.sum(-1)
         need = visual.media_mask.sum(-1) * visual.tokens_per_media
         for i in torch.nonzero(have < need).flatten().tolist():
             raise ValueError(
@@ -363,30 +442,81 @@ class SimVlgModel(SimVlgPreTrainedModel):
 
     def build_lm_inputs(
         self,
-        input_ids: torch.Tensor,
+        input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         visual: SimVlgVisualTokens,
         labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Token embeddings with the visual tokens in place of the placeholders: (inputs_embeds (B, T', D),
-        attention_mask (B, T'), labels (B, T') with -100 on visual tokens)."""
-        if visual.media_mask.shape[0] != input_ids.shape[0]:
-            visual = visual.repeat_interleave(input_ids.shape[0] // visual.media_mask.shape[0])
-        input_ids, attention_mask, labels = self.expand_media_tokens(input_ids, attention_mask, labels, visual)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        self._check_media_tokens(input_ids, visual)
-        is_media = input_ids == self.config.media_token_id
-        num_visual = visual.media_mask.sum(-1, keepdim=True) * visual.tokens_per_media
-        slots = is_media & (is_media.long().cumsum(-1) <= num_visual)  # later placeholders are plain text
-        embeds = self.get_input_embeddings()(input_ids)
-        visual_embeds = visual.embeds[visual.media_mask].to(embeds.dtype)  # (n, K, D), samples then media in order
-        embeds = embeds.masked_scatter(slots[..., None], visual_embeds)
-        attention_mask = attention_mask.masked_scatter(slots, visual.mask[visual.media_mask].to(attention_mask.dtype))
+        inputs_embeds: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """Token embeddings with the visual tokens in place of the placeholders (given by `input_ids` or found in
+        `inputs_embeds`); one placeholder per media item is first repeated K times. Returns inputs_embeds
+        (B, T', D), attention_mask (B, T'), labels and shift_labels (B, T') with -100 where a visual token is the
+        target."""
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        if visual.media_mask.shape[0] != batch:
+            visual = visual.repeat_interleave(batch // visual.media_mask.shape[0])
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        is_media = self.placeholder_mask(input_ids, inputs_embeds)  # (B, T)
+        num_media, k = visual.media_mask.sum(-1), visual.tokens_per_media
+        mask_2d = attention_mask is not None and attention_mask.dim() == 2
+        if not _expanded_layout(is_media, num_media, k):
+            source, valid, placeholder = _expansion_index(is_media, attention_mask if mask_2d else None, num_media, k)
+            mask = torch.ones_like(is_media, dtype=torch.long) if attention_mask is None else attention_mask
+            attention_mask = _gather_positions(mask, source, valid, 0)
+            inputs_embeds = _gather_positions(inputs_embeds, source, valid, 0.0)
+            if labels is not None:
+                labels = _gather_positions(labels.masked_fill(placeholder, -100), source, valid, -100)
+            if shift_labels is not None:
+                shift_labels = _gather_positions(shift_labels, source, valid, -100)
+            is_media = _gather_positions(placeholder, source, valid, False)
+            mask_2d = True
+        self._check_media_tokens(is_media, visual)
+        slots = is_media & (is_media.long().cumsum(-1) <= (num_media * k)[:, None])  # later ones are plain text
+        visual_embeds = visual.embeds[visual.media_mask].to(inputs_embeds.dtype)  # (n, K, D), samples then media
+        inputs_embeds = inputs_embeds.masked_scatter(slots[..., None], visual_embeds)
+        if mask_2d:
+            visual_mask = visual.mask[visual.media_mask].to(attention_mask.dtype)
+            attention_mask = attention_mask.masked_scatter(slots, visual_mask)
         if labels is not None:
             labels = labels.masked_fill(slots, -100)
-        return embeds, attention_mask, labels
+        if shift_labels is not None:  # a position whose next token is visual has no text target
+            shift_labels = shift_labels.masked_fill(F.pad(slots[:, 1:], (0, 1)), -100)
+        return inputs_embeds, attention_mask, labels, shift_labels
 
+    def merge_media(
+        self,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        pixel_values: torch.Tensor | None,
+        media_mask: torch.Tensor | None,
+        frame_mask: torch.Tensor | None,
+        visual_tokens: SimVlgVisualTokens | None,
+        cache: Cache | None,
+        labels: torch.Tensor | None = None,
+        shift_labels: torch.Tensor | None = None,
+        **output_kwargs,
+    ) -> dict:
+        """The LM inputs of a forward: in the prefill (no cached tokens) with media, the visual tokens are put in
+        place; later steps are text only. Returns the keyword arguments of the LM call, plus what was encoded."""
+        lm = {"input_ids": input_ids, "inputs_embeds": inputs_embeds, "attention_mask": attention_mask,
+              "labels": labels, "shift_labels": shift_labels, "visual_tokens": visual_tokens, "image_outputs": None}
+        prefill = cache is None or cache.get_seq_length() == 0
+        if not prefill or (visual_tokens is None and pixel_values is None):
+            return lm
+        if visual_tokens is None:
+            visual_tokens, lm["image_outputs"] = self._encode(pixel_values, media_mask, frame_mask, **output_kwargs)
+        embeds, mask, labels, shift_labels = self.build_lm_inputs(
+            input_ids, attention_mask, visual_tokens, labels, inputs_embeds, shift_labels
+        )
+        lm.update(input_ids=None, inputs_embeds=embeds, attention_mask=mask, labels=labels, shift_labels=shift_labels,
+                  visual_tokens=visual_tokens)
+        return lm
+
+    @_accepts_old_cache_name
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -399,52 +529,72 @@ class SimVlgModel(SimVlgPreTrainedModel):
         inputs_embeds: torch.FloatTensor | None = None,
         use_cache: bool | None = None,
         visual_tokens: SimVlgVisualTokens | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> SimVlgModelOutput:
         r"""
         pixel_values: (B, M, F, C, H, W) media of each sample (images have F = 1); (B, C, H, W) means one image each.
         media_mask: (B, M) True for real media; frame_mask: (B, M, F) True for real frames.
-        input_ids: one `<visual>` placeholder per media item (as the processor writes them) or K consecutive ones;
-            the first placeholders of each sample are replaced by the merged visual tokens of its media.
+        input_ids: one `<visual>` placeholder per media item (as the processor writes them, repeated K times here)
+            or K consecutive ones; the first placeholders of each sample are replaced by the merged visual tokens of
+            its media. With `inputs_embeds` instead, the placeholders are the embeddings of `config.media_token_id`.
         visual_tokens: media encoded by an earlier call (`encode_media`); replaces `pixel_values`.
         """
         cache = pop_cache(cache, kwargs)
+        flags = _output_flags(output_hidden_states, output_attentions)
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
-            visual = self.encode_media(pixel_values, media_mask, frame_mask)
-            return SimVlgModelOutput(last_hidden_state=visual.embeds.flatten(1, 2), visual_tokens=visual)
-        prefill = cache is None or cache.get_seq_length() == 0
-        if input_ids is not None and prefill and (visual_tokens is not None or pixel_values is not None):
-            if visual_tokens is None:
-                visual_tokens = self.encode_media(pixel_values, media_mask, frame_mask)
-            inputs_embeds, attention_mask, _ = self.build_lm_inputs(input_ids, attention_mask, visual_tokens)
-            input_ids = None
+            visual, image_outputs = self._encode(pixel_values, media_mask, frame_mask, **flags)
+            return SimVlgModelOutput(
+                last_hidden_state=visual.embeds.flatten(1, 2), image_outputs=image_outputs, visual_tokens=visual
+            )
+        lm = self.merge_media(
+            input_ids, inputs_embeds, attention_mask, pixel_values, media_mask, frame_mask, visual_tokens, cache,
+            **flags,
+        )
+        return self._run_lm(lm, position_ids, cache, use_cache, flags, kwargs)
+
+    def _run_lm(self, lm: dict, position_ids, cache, use_cache, flags: dict, kwargs: dict) -> SimVlgModelOutput:
+        attention_mask = lm["attention_mask"]
+        inputs = lm["input_ids"] if lm["input_ids"] is not None else lm["inputs_embeds"]
         if position_ids is None and attention_mask is not None and attention_mask.dim() == 2:
             # Positions count real tokens, as `generate` does, so padded and unpadded runs agree.
-            length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)[:, -length:]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+            position_ids = position_ids[:, -inputs.shape[1]:]
         outputs = self.language_model(
-            input_ids=input_ids,
+            input_ids=lm["input_ids"],
             attention_mask=attention_mask,
             position_ids=position_ids,
             **cache_kwargs(cache),
-            inputs_embeds=inputs_embeds,
+            inputs_embeds=lm["inputs_embeds"],
             use_cache=use_cache,
+            **flags,
             **kwargs,
+            return_dict=True,
         )
         return SimVlgModelOutput(
             last_hidden_state=outputs.last_hidden_state,
             **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=lm["image_outputs"],
             attention_mask=attention_mask,
-            visual_tokens=visual_tokens,
+            visual_tokens=lm["visual_tokens"],
         )
+
+
+def _output_flags(output_hidden_states: bool | None, output_attentions: bool | None) -> dict:
+    """The output flags that were given (None: each tower's config decides)."""
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
     """SimVLG with its LM head: captioning / VQA with the merged visual tokens as a soft prompt; LM loss only."""
+
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: SimVlgConfig, vision_model: PreTrainedModel | None = None, causal_lm=None):
         super().__init__(config)
@@ -478,6 +628,13 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
     def encode_media(self, pixel_values, media_mask=None, frame_mask=None) -> SimVlgVisualTokens:
         return self.model.encode_media(pixel_values, media_mask, frame_mask)
 
+    def get_image_features(
+        self, pixel_values, media_mask=None, frame_mask=None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, media_mask, frame_mask, **kwargs)
+
+    @_accepts_old_cache_name
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -492,52 +649,62 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         visual_tokens: SimVlgVisualTokens | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> SimVlgOutput:
         r"""
         labels: (B, T) next-token targets (-100 = ignored) aligned with `input_ids`, as the processor builds them
-            with `return_labels=True`; they are expanded with the visual tokens (which get -100).
+            with `return_labels=True`; they are expanded with the visual tokens (which get -100). `shift_labels`
+            (already shifted targets) are expanded the same way.
         Other arguments as `SimVlgModel.forward`.
         """
         cache = pop_cache(cache, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        prefill = cache is None or cache.get_seq_length() == 0
-        if input_ids is not None and prefill and (visual_tokens is not None or pixel_values is not None):
-            if visual_tokens is None:
-                visual_tokens = self.model.encode_media(pixel_values, media_mask, frame_mask)
-            inputs_embeds, attention_mask, labels = self.model.build_lm_inputs(
-                input_ids, attention_mask, visual_tokens, labels
-            )
-            input_ids = None
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
-            **kwargs,
+        flags = _output_flags(output_hidden_states, output_attentions)
+        lm = self.model.merge_media(
+            input_ids, inputs_embeds, attention_mask, pixel_values, media_mask, frame_mask, visual_tokens, cache,
+            labels=labels, shift_labels=kwargs.pop("shift_labels", None), **flags,
         )
+        outputs = self.model._run_lm(lm, position_ids, cache, use_cache, flags, kwargs)
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         loss = None
-        if labels is not None:
+        if lm["labels"] is not None or lm["shift_labels"] is not None:
+            extra = {} if lm["shift_labels"] is None else {"shift_labels": lm["shift_labels"]}
             loss = self.loss_function(
-                logits, labels, vocab_size=self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+                logits, lm["labels"], vocab_size=self.config.text_config.vocab_size,
+                num_items_in_batch=num_items_in_batch, **extra,
             )
         return SimVlgOutput(
             loss=loss,
             logits=logits,
-            labels=labels,
             **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            labels=lm["labels"],
             attention_mask=outputs.attention_mask,
-            visual_tokens=visual_tokens,
+            visual_tokens=outputs.visual_tokens,
         )
 
     # ------------------------------------------------------------------------------------------- generation
+    def _one_placeholder_per_media(self, input_ids, inputs_embeds, pixel_values, media_mask, visual_tokens) -> bool:
+        """Whether every sample with media holds exactly one placeholder per media item (the processor's layout)."""
+        if visual_tokens is not None:
+            num_media = visual_tokens.media_mask.sum(-1)
+        elif media_mask is not None:
+            num_media = media_mask.sum(-1)
+        else:
+            media = as_media_batch(pixel_values)
+            num_media = torch.full((media.shape[0],), media.shape[1], device=media.device)
+        have = self.model.placeholder_mask(input_ids, inputs_embeds).sum(-1)  # (B,)
+        num_media = num_media.repeat_interleave(have.shape[0] // num_media.shape[0])
+        with_media = num_media > 0
+        return bool(with_media.any()) and bool((have[with_media] == num_media[with_media]).all())
+
+    @_accepts_old_cache_name
     @torch.no_grad()
     def generate(
         self,
@@ -547,16 +714,43 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
         media_mask: torch.BoolTensor | None = None,
         frame_mask: torch.BoolTensor | None = None,
         visual_tokens: SimVlgVisualTokens | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ):
-        """Encode the media once, lay out K placeholders per media item, and decode with the visual prompt in the
-        KV cache. Returned sequences start with `input_ids` as given (one placeholder per media item)."""
-        if input_ids is None or (pixel_values is None and visual_tokens is None):
-            return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        """Generation with the visual tokens as a soft prompt. A prompt with K `<visual>` tokens per media item is
+        the LM's layout and generates as any transformers decoder. A prompt with one placeholder per media item
+        (the processor's layout) is laid out here first: the media are encoded once and each placeholder repeated
+        K times; the returned sequences start with the prompt as given (scores, hidden states and the cache are
+        those of the expanded prompt: to continue from the cache, pass the media again)."""
+        media = {"pixel_values": pixel_values, "media_mask": media_mask, "frame_mask": frame_mask,
+                 "visual_tokens": visual_tokens}
+        media = {k: v for k, v in media.items() if v is not None}
+        has_prompt = input_ids is not None or inputs_embeds is not None
+        if not has_prompt or not media or not self._one_placeholder_per_media(
+            input_ids, inputs_embeds, pixel_values, media_mask, visual_tokens
+        ):
+            embeds = {} if inputs_embeds is None else {"inputs_embeds": inputs_embeds}
+            return super().generate(input_ids, attention_mask=attention_mask, **media, **embeds, **kwargs)
         if visual_tokens is None:
             visual_tokens = self.model.encode_media(pixel_values, media_mask, frame_mask)
-        ids, mask, _ = self.model.expand_media_tokens(input_ids, attention_mask, None, visual_tokens)
-        out = super().generate(input_ids=ids, attention_mask=mask, visual_tokens=visual_tokens, **kwargs)
+        if kwargs.get("assistant_model") is None:
+            media = {"visual_tokens": visual_tokens}  # encoded once; an assistant encodes the media itself
+        return self._generate_expanded(input_ids, inputs_embeds, attention_mask, visual_tokens, media, kwargs)
+
+    def _generate_expanded(self, input_ids, inputs_embeds, attention_mask, visual, media: dict, kwargs: dict):
+        """Generate from a prompt with one placeholder per media item, laid out with K per media item."""
+        ids = mask = None
+        if input_ids is not None:
+            ids, mask, _ = self.model.expand_media_tokens(input_ids, attention_mask, None, visual)
+        if inputs_embeds is not None:
+            # The visual tokens are put in place here: nothing is left to encode in the prefill.
+            inputs_embeds, mask, _, _ = self.model.build_lm_inputs(
+                None, attention_mask, visual, inputs_embeds=inputs_embeds
+            )
+            media = {"inputs_embeds": inputs_embeds}
+        out = super().generate(ids, attention_mask=mask, **media, **kwargs)
+        if input_ids is None:
+            return out  # from `inputs_embeds` alone, the sequences hold the new tokens only
         sequences = out if isinstance(out, torch.Tensor) else out.sequences
         factor = sequences.shape[0] // input_ids.shape[0]
         prompt = input_ids.repeat_interleave(factor, dim=0)

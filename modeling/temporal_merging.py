@@ -87,17 +87,22 @@ class TemporalTokenMerging(nn.Module):
         pixel_values: torch.Tensor,
         frame_mask: torch.Tensor | None = None,
         feature_layer: int = -1,
-    ) -> torch.Tensor:
+        **output_kwargs,
+    ) -> tuple[torch.Tensor, nn.Module]:
         """pixel_values (N, F, C, H, W) -> (N, P, D): tower features of the chosen hidden-state index, with
-        temporal attention inside the tower, averaged over the real frames."""
+        temporal attention inside the tower, averaged over the real frames; and the tower's output over the N*F
+        frames (`output_hidden_states` / `output_attentions` passed on)."""
         n, f = pixel_values.shape[:2]
+        if feature_layer != -1:
+            output_kwargs["output_hidden_states"] = True
         out = vision_model(
             pixel_values=pixel_values.flatten(0, 1),
-            output_hidden_states=feature_layer != -1,
             layer_context=self.context(f, frame_mask),
+            **output_kwargs,
+            return_dict=True,
         )
         features = out.last_hidden_state if feature_layer == -1 else out.hidden_states[feature_layer]
-        return frame_mean(features.reshape(n, f, *features.shape[1:]), frame_mask)
+        return frame_mean(features.reshape(n, f, *features.shape[1:]), frame_mask), out
 
 
 __all__ = ["TemporalAttention", "TemporalContext", "TemporalTokenMerging", "frame_mean"]

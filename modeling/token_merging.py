@@ -185,8 +185,7 @@ def merge_weighted(plan: MergePlan, x: torch.Tensor, size: torch.Tensor) -> tupl
     s = size.to(x.dtype)[..., None]
     num = plan.merge(x * s)
     den = plan.merge(s)
-    if bool((den > 0).all()):  # no all-padding group (always so without padding): skip the fallback merge
-        return num / den, plan.merge(size)
+    # No branch on tensor values (exportable): groups of padding only keep their destination's value.
     merged = torch.where(den > 0, num / den.clamp_min(torch.finfo(x.dtype).tiny), plan.merge(x, reduce="keep"))
     return merged, plan.merge(size)
 
@@ -377,6 +376,7 @@ class TokenMergeContext(EncoderLayerContext):
     track_source: bool = False
     state: MergeState | None = None
     _inputs: dict = field(default_factory=dict, repr=False)
+    _unpadded: bool = field(default=True, repr=False)
 
     def _r(self, layer_idx: int) -> int:
         return self.r[layer_idx] if layer_idx < len(self.r) else 0
@@ -394,16 +394,17 @@ class TokenMergeContext(EncoderLayerContext):
                     else torch.ones(b, n, dtype=torch.bool, device=hidden_states.device)
                 )
                 state = MergeState.start(mask, self.track_source)
-            self._inputs[layer_idx] = state
-        state = self._inputs[layer_idx]
-        if attention_mask is None and bool(state.mask.all()) and (
-            not self.proportional_attention or bool((state.size == 1).all())
-        ):
-            return None  # nothing to add: keep the fast unmasked path
+                self._unpadded = attention_mask is None
+            self._inputs[layer_idx] = (state, self.state is None)
+        state, first = self._inputs[layer_idx]
+        # Known without reading tensor values (exportable): with no incoming padding every token stays real, and
+        # before the first merge every size is 1, so there is nothing to add: keep the fast unmasked path.
+        if attention_mask is None and self._unpadded and (first or not self.proportional_attention):
+            return None
         return size_bias(state.size, hidden_states.dtype, self.proportional_attention)
 
     def after_attention(self, layer_idx, hidden_states, keys):
-        state = self._inputs[layer_idx]
+        state = self._inputs[layer_idx][0]
         metric = keys if keys is not None else hidden_states
         hidden_states, self.state = merge_step(hidden_states, metric, self._r(layer_idx), state, self.num_protected)
         return hidden_states

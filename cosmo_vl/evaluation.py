@@ -27,8 +27,8 @@ def image_embeddings(model, processor, media: Sequence, batch_size: int = 64, pr
         out.append(
             model.get_image_features(
                 batch["pixel_values"].to(_device(model)), batch["media_mask"].to(_device(model)),
-                batch["frame_mask"].to(_device(model)),
-            ).float().cpu()
+                batch["frame_mask"].to(_device(model)), return_dict=True,
+            ).pooler_output.float().cpu()
         )
     return torch.cat(out)
 
@@ -39,7 +39,8 @@ def text_embeddings(model, processor, texts: Sequence[str], batch_size: int = 25
     out = []
     for chunk in _batches(list(texts), batch_size, "text features", progress):
         batch = processor.contrastive_text_inputs(list(chunk), return_tensors="pt").to(_device(model))
-        out.append(model.get_text_features(batch["input_ids"], batch["attention_mask"]).float().cpu())
+        text = model.get_text_features(batch["input_ids"], batch["attention_mask"], return_dict=True)
+        out.append(text.pooler_output.float().cpu())
     return torch.cat(out)
 
 

@@ -2,8 +2,10 @@
 
 from .configuration_cosmo import CosmoConfig
 from .modeling_cosmo import (
+    CosmoDecodeStep,
     CosmoForConditionalGeneration,
     CosmoForZeroShotImageClassification,
+    CosmoMediaEncoder,
     CosmoModel,
     CosmoModelOutput,
     CosmoOutput,
@@ -16,8 +18,10 @@ from .modeling_pformer import PFormerModel, PFormerOutput, PFormerPreTrainedMode
 
 __all__ = [
     "CosmoConfig",
+    "CosmoDecodeStep",
     "CosmoForConditionalGeneration",
     "CosmoForZeroShotImageClassification",
+    "CosmoMediaEncoder",
     "CosmoModel",
     "CosmoModelOutput",
     "CosmoOutput",

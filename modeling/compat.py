@@ -19,6 +19,16 @@ def cache_field(cls):
     return cls
 
 
+def accepts_old_cache_name(forward):
+    """Decorator: from transformers 5.24 on, `past_key_values=` still works with transformers' own deprecation
+    warning, as its decoders do (before 5.24 it is the current name and goes through `pop_cache`)."""
+    if CACHE_NAME != "cache":
+        return forward
+    from transformers.utils.deprecation import deprecate_kwarg
+
+    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(forward)
+
+
 def output_cache(outputs):
     """The cache of a decoder output, whatever the release calls it."""
     return getattr(outputs, CACHE_NAME, None)

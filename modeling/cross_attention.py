@@ -5,7 +5,6 @@ from torch import nn
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .attention import FeedForward, multihead_attention
-from .visual_context import VisualContext
 
 
 class MaskedCrossAttention(nn.Module):
@@ -61,13 +60,17 @@ class GatedCrossAttentionBlock(GradientCheckpointingLayer):
         self.ff = FeedForward(dim, dim * ff_mult // compress_ratio)
         self.ff_gate = nn.Parameter(torch.full((1,), float(gate_init)))
 
-    def forward(self, hidden_states: torch.Tensor, visual: VisualContext) -> torch.Tensor:
-        keys_values = visual.kv_cache.get(self.layer_idx) if visual.kv_cache is not None else None
+    def forward(
+        self, hidden_states: torch.Tensor, latents: torch.Tensor, allowed: torch.Tensor, kv_cache: dict | None = None
+    ) -> torch.Tensor:
+        """hidden_states: (B, T, D); latents: (B, M, L, Dv); allowed: (B, 1, T, M*L) bool. Tensors are positional so
+        that reentrant gradient checkpointing gives the latents their gradients; `kv_cache` (layer index -> keys,
+        values of the latents) is filled on first use and reused while decoding."""
+        keys_values = kv_cache.get(self.layer_idx) if kv_cache is not None else None
         if keys_values is None:
-            keys_values = self.attn.keys_values(visual.latents)
-            if visual.kv_cache is not None:
-                visual.kv_cache[self.layer_idx] = keys_values
-        allowed = visual.attention_mask()
+            keys_values = self.attn.keys_values(latents)
+            if kv_cache is not None:
+                kv_cache[self.layer_idx] = keys_values
         attn = self.attn(hidden_states, *keys_values, allowed)
         hidden_states = hidden_states + self.attn_gate.tanh() * attn
         return hidden_states + self.ff_gate.tanh() * self.ff(hidden_states)

@@ -8,6 +8,21 @@ def media_index_from_ids(input_ids: torch.Tensor, media_token_id: int) -> torch.
     return (input_ids == media_token_id).cumsum(dim=-1)
 
 
+def media_token_mask(
+    media_token_id: int,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+    embeddings: torch.nn.Module | None = None,
+) -> torch.Tensor:
+    """(B, T) bool, True at `<visual>` placeholders: from the ids, or (without ids) where `inputs_embeds` holds the
+    placeholder's embedding exactly (what the embedding layer gives for the media token)."""
+    if input_ids is not None:
+        return input_ids == media_token_id
+    token = torch.tensor(media_token_id, dtype=torch.long, device=inputs_embeds.device)
+    placeholder = embeddings(token).to(inputs_embeds.dtype)  # (D,)
+    return (inputs_embeds == placeholder).all(dim=-1)
+
+
 def media_attention_mask(media_index: torch.Tensor, media_mask: torch.Tensor, num_latents: int) -> torch.Tensor:
     """Which visual latents each text token may attend to.
 

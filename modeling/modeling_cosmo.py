@@ -6,20 +6,23 @@ import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from transformers.utils import ModelOutput
+from transformers.utils.generic import can_return_tuple
 
-from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, pop_cache
+from .compat import CACHE_NAME, accepts_old_cache_name, cache_field, cache_kwargs, output_cache, pop_cache
 from .configuration_cosmo import CosmoConfig
 from .contrastive import ContrastiveProjection, LogitScale, contrastive_logits, symmetric_contrastive_loss
 from .cross_attention import GatedCrossAttentionBlock
 from .lm_split import split_language_model
-from .media_masks import media_index_from_ids
+from .media_masks import media_token_mask
 from .pooling import AttentionPooling
 from .position_tables import init_sincos_positions, init_tower_sincos_positions
 from .resampler import PerceiverResampler
 from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
-from .visual_context import StopAtSplit, VisualContext
+from .visual_context import VisualContext
 
 
 @dataclass
@@ -30,18 +33,29 @@ class CosmoVisualCache:
     """
 
     latents: torch.Tensor
-    contrastive_latents: torch.Tensor
+    contrastive_latents: torch.Tensor | None
     media_mask: torch.Tensor
     kv: dict = field(default_factory=dict)
+    vision_outputs: BaseModelOutput | None = None
+
+
+class _EncoderOutputsAsTuples(ModelOutput):
+    """`to_tuple` turns nested encoder outputs (`image_outputs`) into tuples too, as transformers' multimodal
+    outputs do."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
 
 
 @dataclass
 @cache_field
-class CosmoModelOutput(ModelOutput):
+class CosmoModelOutput(_EncoderOutputsAsTuples):
     """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed.
 
     Called with media only (no text), `last_hidden_state` holds the resampled latents (B, M*(L+1), Dv) and
-    `pooler_output` the image embeddings, so the model serves as an image feature extractor.
+    `pooler_output` the image embeddings, so the model serves as an image feature extractor. `image_outputs`
+    (when media were encoded by this call): resampled latents, image embeddings and the vision tower's hidden states
+    and attentions, as `get_image_features` returns them.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -56,11 +70,12 @@ class CosmoModelOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
     visual_cache: CosmoVisualCache | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 @dataclass
 @cache_field
-class CosmoOutput(ModelOutput):
+class CosmoOutput(_EncoderOutputsAsTuples):
     """Outputs of `CosmoForConditionalGeneration`: `loss = lm_loss + contrastive_loss_weight * contrastive_loss`."""
 
     loss: torch.FloatTensor | None = None
@@ -76,6 +91,7 @@ class CosmoOutput(ModelOutput):
     logits_per_text: torch.FloatTensor | None = None
     logit_scale: torch.FloatTensor | None = None
     visual_cache: CosmoVisualCache | None = None
+    image_outputs: BaseModelOutputWithPooling | None = None
 
 
 def _is_pair_batch(pixel_values: torch.Tensor, media_mask: torch.Tensor | None) -> bool:
@@ -189,30 +205,50 @@ class CosmoModel(CosmoPreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     # ----------------------------------------------------------------------------------------------- media
-    def _vision_features(self, frames: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) -> (N, P, Dv) tokens of the configured vision layer (CLS dropped with strategy "default")."""
+    def _vision_features(self, frames: torch.Tensor, output_hidden_states=None, output_attentions=None):
+        """(N, C, H, W) -> ((N, P, Dv) tokens of the configured vision layer (CLS dropped with strategy "default"),
+        the tower's hidden states and attentions as requested)."""
         layer = self.config.vision_feature_layer
+        tower_config = self.vision_model.config
+        want_hidden = tower_config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        want_attentions = tower_config.output_attentions if output_attentions is None else output_attentions
         train_tower = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_model.parameters())
         with torch.set_grad_enabled(train_tower):
-            out = self.vision_model(pixel_values=frames, output_hidden_states=layer != -1)
+            out = self.vision_model(
+                pixel_values=frames, output_hidden_states=bool(want_hidden) or layer != -1,
+                output_attentions=bool(want_attentions), return_dict=True,
+            )
         features = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
-        return features[:, 1:] if self.config.vision_feature_select_strategy == "default" else features
+        features = features[:, 1:] if self.config.vision_feature_select_strategy == "default" else features
+        tower = BaseModelOutput(
+            last_hidden_state=out.last_hidden_state,
+            hidden_states=out.hidden_states if want_hidden else None,
+            attentions=out.attentions if want_attentions else None,
+        )
+        return features, tower
 
     def encode_media(
         self,
         pixel_values: torch.Tensor,
         media_mask: torch.Tensor | None = None,
         frame_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
     ) -> CosmoVisualCache:
-        """pixel_values (B, M, F, C, H, W) -> resampled latents of the real media (padded media/frames skipped)."""
+        """pixel_values (B, M, F, C, H, W) -> resampled latents of the real media (padded media/frames skipped).
+        Without masks every media item and frame is real: no boolean indexing (shapes stay static, e.g. for export)."""
         pixel_values = as_media_batch(pixel_values)
+        if media_mask is None and frame_mask is None:
+            return self._encode_dense(pixel_values, output_hidden_states, output_attentions)
         b, m, f = pixel_values.shape[:3]
         device = pixel_values.device
         media_mask = torch.ones(b, m, dtype=torch.bool, device=device) if media_mask is None else media_mask.bool()
         frame_mask = media_mask[:, :, None].expand(b, m, f) if frame_mask is None else frame_mask.bool()
         frame_mask = frame_mask & media_mask[:, :, None]
         dtype = self.vision_model.dtype
-        features = self._vision_features(pixel_values[frame_mask].to(dtype))  # (n_frames, P, Dv)
+        features, tower = self._vision_features(
+            pixel_values[frame_mask].to(dtype), output_hidden_states, output_attentions
+        )  # (n_frames, P, Dv)
         p, dv = features.shape[1:]
         per_frame = features.new_zeros(b, m, f, p, dv)
         per_frame[frame_mask] = features
@@ -220,8 +256,24 @@ class CosmoModel(CosmoPreTrainedModel):
         latents = self.resampler(per_frame[media_mask], frame_mask[media_mask], positions)  # (n_media, L+1, Dv)
         all_latents = latents.new_zeros(b, m, *latents.shape[1:])
         all_latents[media_mask] = latents
+        return self._visual_cache(all_latents, media_mask, tower)
+
+    def _encode_dense(self, pixel_values: torch.Tensor, output_hidden_states=None, output_attentions=None):
+        b, m, f = pixel_values.shape[:3]
+        frames = pixel_values.flatten(0, 2).to(self.vision_model.dtype)  # (B*M*F, C, H, W)
+        features, tower = self._vision_features(frames, output_hidden_states, output_attentions)  # (B*M*F, P, Dv)
+        features = features.reshape(b * m, f, *features.shape[1:])  # (B*M, F, P, Dv)
+        positions = torch.arange(m, device=pixel_values.device).repeat(b)  # (B*M,)
+        latents = self.resampler(features, None, positions)  # (B*M, L+1, Dv)
+        media_mask = torch.ones(b, m, dtype=torch.bool, device=pixel_values.device)
+        return self._visual_cache(latents.reshape(b, m, *latents.shape[1:]), media_mask, tower)
+
+    def _visual_cache(self, all_latents: torch.Tensor, media_mask: torch.Tensor, tower) -> CosmoVisualCache:
+        # all_latents: (B, M, L+1, Dv): the LM's latents, then the contrastive one
         num_latents = self.config.num_latents
-        return CosmoVisualCache(all_latents[:, :, :num_latents], all_latents[:, :, num_latents], media_mask)
+        return CosmoVisualCache(
+            all_latents[:, :, :num_latents], all_latents[:, :, num_latents], media_mask, vision_outputs=tower
+        )
 
     def _image_embeds(self, visual: CosmoVisualCache) -> torch.Tensor:
         """Mean of the contrastive latent over each sample's real media -> (B, contrastive_dim), L2-normalised."""
@@ -232,30 +284,72 @@ class CosmoModel(CosmoPreTrainedModel):
     def _text_embeds(self, split_hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self.text_projection(self.text_pooler(split_hidden, attention_mask))
 
-    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
-        """Normalised image (or video) embeddings (B, contrastive_dim) from the contrastive latent."""
-        return self._image_embeds(self.encode_media(pixel_values, media_mask, frame_mask))
+    def _image_outputs(self, visual: CosmoVisualCache) -> BaseModelOutputWithPooling:
+        """Resampled latents (B, M*(L+1), Dv), image embeddings (B, contrastive_dim), vision tower states."""
+        latents = torch.cat([visual.latents, visual.contrastive_latents[:, :, None]], dim=2)  # (B, M, L+1, Dv)
+        tower = visual.vision_outputs
+        return BaseModelOutputWithPooling(
+            last_hidden_state=latents.flatten(1, 2),
+            pooler_output=self._image_embeds(visual),
+            hidden_states=None if tower is None else tower.hidden_states,
+            attentions=None if tower is None else tower.attentions,
+        )
 
-    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
-        """Normalised text embeddings (B, contrastive_dim); runs only the text-only lower layers of the LM."""
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        media_mask: torch.Tensor | None = None,
+        frame_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: normalised image (or video) embeddings (B, contrastive_dim) from the contrastive latent;
+        `last_hidden_state`: the resampled latents (B, M*(L+1), Dv); the vision tower's hidden states/attentions."""
+        visual = self.encode_media(pixel_values, media_mask, frame_mask, output_hidden_states, output_attentions)
+        return self._image_outputs(visual)
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """`pooler_output`: normalised text embeddings (B, contrastive_dim); `last_hidden_state`: output of the
+        text-only lower layers (B, T, D), the only layers run; their hidden states/attentions when requested."""
         context = VisualContext(stop_at_split=True)
-        try:
-            self.language_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, visual_context=context)
-        except StopAtSplit:
-            pass
-        return self._text_embeds(context.split_hidden, attention_mask)
+        flags = {k: v for k, v in (("output_hidden_states", output_hidden_states),
+                                   ("output_attentions", output_attentions)) if v is not None}
+        out = self.language_model(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False, visual_context=context,
+            return_dict=True, **flags,
+        )
+        split_hidden = context.split_hidden  # (B, T, D)
+        hidden_states = out.hidden_states
+        if hidden_states is not None:
+            # Layers above the split passed their input through; the LM's last entry is its final-normed output.
+            hidden_states = (*hidden_states[:-1], split_hidden)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=split_hidden,
+            pooler_output=self._text_embeds(split_hidden, attention_mask),
+            hidden_states=hidden_states,
+            attentions=out.attentions,
+        )
 
     def _media_only_output(self, visual: CosmoVisualCache) -> CosmoModelOutput:
-        latents = torch.cat([visual.latents, visual.contrastive_latents[:, :, None]], dim=2)  # (B, M, L+1, Dv)
-        image_embeds = self._image_embeds(visual)
+        image_outputs = self._image_outputs(visual)
         return CosmoModelOutput(
-            last_hidden_state=latents.flatten(1, 2), pooler_output=image_embeds, image_embeds=image_embeds,
-            visual_cache=visual,
+            last_hidden_state=image_outputs.last_hidden_state, pooler_output=image_outputs.pooler_output,
+            image_embeds=image_outputs.pooler_output, visual_cache=visual, image_outputs=image_outputs,
         )
 
     # ---------------------------------------------------------------------------------------------- forward
-    def _check_media_tokens(self, input_ids: torch.Tensor, media_mask: torch.Tensor) -> None:
-        tokens = (input_ids == self.config.media_token_id).sum(-1)
+    def _check_media_tokens(self, is_media: torch.Tensor, media_mask: torch.Tensor) -> None:
+        tokens = is_media.sum(-1)
         media = media_mask.sum(-1)
         for i in torch.nonzero(tokens != media).flatten().tolist():
             raise ValueError(
@@ -263,6 +357,12 @@ class CosmoModel(CosmoPreTrainedModel):
                 f"{int(media[i])} images/videos; put one `<visual>` placeholder per media item (the processor does)."
             )
 
+    def media_token_mask(self, input_ids=None, inputs_embeds=None) -> torch.Tensor:
+        """(B, T) bool, True at the `<visual>` placeholders of `input_ids`, or of `inputs_embeds` without ids."""
+        return media_token_mask(self.config.media_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
+
+    @can_return_tuple
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -277,36 +377,49 @@ class CosmoModel(CosmoPreTrainedModel):
         visual_cache: CosmoVisualCache | None = None,
         media_index: torch.LongTensor | None = None,
         return_loss: bool | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CosmoModelOutput:
         r"""
         pixel_values: (B, M, F, C, H, W) media of each sample (images have F = 1); (B, C, H, W) means one image each.
         media_mask: (B, M) True for real media; frame_mask: (B, M, F) True for real frames.
         visual_cache: media encoded by an earlier call (used while generating); replaces `pixel_values`.
-        media_index: (B, T) latest media index per token (computed from `input_ids` when not given).
+        media_index: (B, T) latest media index per token (by default counted from the `<visual>` placeholders of
+            `input_ids`, or of `inputs_embeds`; pass it when the tokens are a continuation of earlier ones).
         return_loss: compute the contrastive loss (needs exactly one media item per sample).
         """
-        cache = pop_cache(cache, kwargs)
+        cache = pop_cache(cache, {"past_key_values": past_key_values})  # the name before transformers 5.24
+        flags = {k: v for k, v in (("output_hidden_states", output_hidden_states),
+                                   ("output_attentions", output_attentions)) if v is not None}
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
-            return self._media_only_output(self.encode_media(pixel_values, media_mask, frame_mask))
-        if visual_cache is None and pixel_values is not None:
-            visual_cache = self.encode_media(pixel_values, media_mask, frame_mask)
-            if input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-                self._check_media_tokens(input_ids, visual_cache.media_mask)
-        if media_index is None and visual_cache is not None:
-            if input_ids is None:
-                raise ValueError("With inputs_embeds and media, pass `media_index` (see media_index_from_ids).")
-            media_index = media_index_from_ids(input_ids, self.config.media_token_id)
-        pair_batch = visual_cache is not None and bool((visual_cache.media_mask.sum(-1) == 1).all())
+            visual = self.encode_media(pixel_values, media_mask, frame_mask, output_hidden_states, output_attentions)
+            return self._media_only_output(visual)
+        new_media = visual_cache is None and pixel_values is not None
+        # Only a prompt with freshly encoded media is checked (data-dependent code never runs on decoding steps).
+        prefill = new_media and (cache is None or cache.get_seq_length() == 0)
+        if new_media:
+            visual_cache = self.encode_media(
+                pixel_values, media_mask, frame_mask, output_hidden_states, output_attentions
+            )
+        if visual_cache is not None and (media_index is None or prefill):
+            is_media = self.media_token_mask(input_ids, inputs_embeds)  # (B, T)
+            if prefill:
+                self._check_media_tokens(is_media, visual_cache.media_mask)
+            media_index = is_media.long().cumsum(-1) if media_index is None else media_index  # (B, T)
+        pair_batch = (
+            (bool(return_loss) or prefill) and visual_cache is not None
+            and bool((visual_cache.media_mask.sum(-1) == 1).all())
+        )
         if return_loss and not pair_batch:
             raise ValueError(
                 "The contrastive loss needs exactly one image or video per sample (a pair batch); "
                 "call with return_loss=False for interleaved documents."
             )
-        full_sequence = cache is None or cache.get_seq_length() == 0
-        want_embeds = bool(return_loss) or (pair_batch and full_sequence and pixel_values is not None)
+        want_embeds = bool(return_loss) or pair_batch
         context = VisualContext(
             latents=None if visual_cache is None else visual_cache.latents,
             media_mask=None if visual_cache is None else visual_cache.media_mask,
@@ -322,6 +435,8 @@ class CosmoModel(CosmoPreTrainedModel):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             visual_context=context,
+            return_dict=True,
+            **flags,
             **kwargs,
         )
         result = CosmoModelOutput(
@@ -330,6 +445,7 @@ class CosmoModel(CosmoPreTrainedModel):
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             visual_cache=visual_cache,
+            image_outputs=self._image_outputs(visual_cache) if new_media else None,
         )
         if want_embeds:
             result.image_embeds = self._image_embeds(visual_cache)
@@ -351,9 +467,23 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         self.model = CosmoModel(config, vision_model=vision_model, causal_lm=causal_lm)
         attach_lm_head(self, self.model.language_model, config, causal_lm)
         self.post_init()
+        self._shard_lm_head_with_embeddings()
         self.model.apply_freezing()
         self.lm_head.requires_grad_(not config.freeze_language_model)
         stop_at_endofchunk(self)
+
+    def _shard_lm_head_with_embeddings(self) -> None:
+        """The LM head is sharded as the wrapped LM's own causal-LM class shards it, whenever the embedding is
+        (a head tied to a sharded embedding must be sharded too)."""
+        names = {module: name for name, module in self.named_modules()}
+        if names[self.get_input_embeddings()] not in self.tp_plan:
+            return
+        causal_cls = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(self.config.text_config), None)
+        head_plan = {k: v for k, v in (getattr(causal_cls, "_tp_plan", None) or {}).items() if k == "lm_head"}
+        if head_plan:
+            self._tp_plan = {**self._tp_plan, **head_plan}
+        else:
+            self._tp_plan = {k: v for k, v in self._tp_plan.items() if k != names[self.get_input_embeddings()]}
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()
@@ -367,12 +497,14 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
-    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values, media_mask, frame_mask)
+    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None, **kwargs):
+        return self.model.get_image_features(pixel_values, media_mask, frame_mask, **kwargs)
 
-    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
-        return self.model.get_text_features(input_ids, attention_mask)
+    def get_text_features(self, input_ids, attention_mask=None, **kwargs):
+        return self.model.get_text_features(input_ids, attention_mask, **kwargs)
 
+    @can_return_tuple
+    @accepts_old_cache_name
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -389,15 +521,18 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         media_index: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        shift_labels: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CosmoOutput:
         r"""
         labels: (B, T) next-token targets (-100 = ignored), as the processor builds them with `return_labels=True`.
+        shift_labels: (B, T) targets already aligned with the logits (replace `labels` in the LM loss).
         return_loss: add the contrastive term; by default it is added when `labels` are given on a pair batch
             (exactly one image or video per sample), never on interleaved documents.
         Other arguments as `CosmoModel.forward`.
         """
-        cache = pop_cache(cache, kwargs)
+        cache = pop_cache(cache, {"past_key_values": past_key_values})  # the name before transformers 5.24
         if return_loss is None:
             return_loss = labels is not None and pixel_values is not None and _is_pair_batch(pixel_values, media_mask)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -414,15 +549,17 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             visual_cache=visual_cache,
             media_index=media_index,
             return_loss=return_loss,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
         logits = self.lm_head(hidden_states[:, keep, :])
         lm_loss = None
-        if labels is not None:
+        if labels is not None or shift_labels is not None:
             lm_loss = self.loss_function(
-                logits, labels, vocab_size=self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch
+                logits, labels, vocab_size=self.config.text_config.vocab_size, num_items_in_batch=num_items_in_batch,
+                shift_labels=shift_labels,
             )
         loss = lm_loss
         if outputs.contrastive_loss is not None:
@@ -442,9 +579,21 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             logits_per_text=outputs.logits_per_text,
             logit_scale=outputs.logit_scale,
             visual_cache=outputs.visual_cache,
+            image_outputs=outputs.image_outputs,
         )
 
     # ------------------------------------------------------------------------------------------- generation
+    def _generation_media_index(self, input_ids, inputs_embeds, attention_mask) -> torch.Tensor:
+        """(B, T) media index of every token of `input_ids`. When generating from `inputs_embeds` alone, `input_ids`
+        holds only the new tokens: the media of the prompt (the embeddings before them) are counted first."""
+        index = (input_ids == self.config.media_token_id).long().cumsum(-1)  # (B, T)
+        full_length = attention_mask.shape[-1] if attention_mask is not None and attention_mask.dim() == 2 else 0
+        missing = full_length - input_ids.shape[1]  # prompt positions absent from input_ids
+        if inputs_embeds is not None and missing > 0:
+            prompt = self.model.media_token_mask(inputs_embeds=inputs_embeds[:, :missing])  # (B, missing)
+            index = index + prompt.long().sum(-1, keepdim=True)
+        return index
+
     def prepare_inputs_for_generation(
         self,
         input_ids,
@@ -457,7 +606,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         # The media index needs the whole sequence; the LM inputs are only the new tokens.
-        media_index = media_index_from_ids(input_ids, self.config.media_token_id)
+        media_index = self._generation_media_index(input_ids, inputs_embeds, attention_mask)
         model_inputs = super().prepare_inputs_for_generation(
             input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
         )
@@ -479,6 +628,48 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
         if getattr(outputs, "visual_cache", None) is not None:
             model_kwargs["visual_cache"] = outputs.visual_cache
         return model_kwargs
+
+
+class CosmoMediaEncoder(nn.Module):
+    """Vision tower + resampler as a tensor-only module (e.g. for `torch.export`): every media item and frame real.
+
+    forward: pixel_values (B, M, F, C, H, W) -> latents (B, M, L, Dv), contrastive latents (B, M, Dv).
+    """
+
+    def __init__(self, model: "CosmoModel | CosmoForConditionalGeneration"):
+        super().__init__()
+        self.model = getattr(model, "model", model)
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        visual = self.model.encode_media(pixel_values)
+        return visual.latents, visual.contrastive_latents
+
+
+class CosmoDecodeStep(nn.Module):
+    """One decoding step of the LM with cross-attention, tensors in and out (e.g. for `torch.export`).
+
+    forward(input_ids (B, S), attention_mask (B, P+S), media_index (B, S), latents (B, M, L, Dv), media_mask (B, M),
+    past_keys, past_values (one (B, H, P, d) tensor per layer)) -> logits of the last token (B, V), the keys and
+    values of every layer after the step ((B, H, P+S, d) each).
+    """
+
+    def __init__(self, model: CosmoForConditionalGeneration):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, media_index, latents, media_mask, past_keys, past_values):
+        cache = DynamicCache(ddp_cache_data=list(zip(past_keys, past_values)))
+        past = past_keys[0].shape[2]
+        position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+        visual = CosmoVisualCache(latents, None, media_mask.bool())
+        out = self.model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            use_cache=True, visual_cache=visual, media_index=media_index, return_loss=False, logits_to_keep=1,
+        )
+        cache = output_cache(out)
+        keys = tuple(layer.keys for layer in cache.layers)
+        values = tuple(layer.values for layer in cache.layers)
+        return out.logits[:, -1], keys, values
 
 
 def contrastive_text_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config) -> tuple:
@@ -509,13 +700,17 @@ def contrastive_text_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
 
 @dataclass
-class CosmoZeroShotOutput(ModelOutput):
-    """CLIP-style outputs: `logits_per_image` (N_images, N_texts) and the normalised embeddings."""
+class CosmoZeroShotOutput(_EncoderOutputsAsTuples):
+    """CLIP-style outputs: `logits_per_image` (N_images, N_texts), the normalised embeddings, and the outputs of
+    `get_text_features` / `get_image_features` (`text_outputs`, `vision_outputs`)."""
 
+    loss: torch.FloatTensor | None = None
     logits_per_image: torch.FloatTensor | None = None
     logits_per_text: torch.FloatTensor | None = None
     image_embeds: torch.FloatTensor | None = None
     text_embeds: torch.FloatTensor | None = None
+    text_outputs: BaseModelOutputWithPooling | None = None
+    vision_outputs: BaseModelOutputWithPooling | None = None
 
 
 class CosmoForZeroShotImageClassification(CosmoPreTrainedModel):
@@ -527,21 +722,38 @@ class CosmoForZeroShotImageClassification(CosmoPreTrainedModel):
         self.model = CosmoModel(config)
         self.post_init()
 
-    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None) -> torch.Tensor:
-        return self.model.get_image_features(pixel_values, media_mask, frame_mask)
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
 
-    def get_text_features(self, input_ids, attention_mask=None) -> torch.Tensor:
-        return self.model.get_text_features(*contrastive_text_ids(input_ids, attention_mask, self.config))
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
 
+    def get_image_features(self, pixel_values, media_mask=None, frame_mask=None, **kwargs):
+        return self.model.get_image_features(pixel_values, media_mask, frame_mask, **kwargs)
+
+    def get_text_features(self, input_ids, attention_mask=None, **kwargs):
+        """Texts are first rewritten into the training-pair layout (see `contrastive_text_ids`)."""
+        return self.model.get_text_features(*contrastive_text_ids(input_ids, attention_mask, self.config), **kwargs)
+
+    @can_return_tuple
     def forward(self, input_ids=None, pixel_values=None, attention_mask=None, media_mask=None, frame_mask=None,
-                **kwargs) -> CosmoZeroShotOutput:
-        image_embeds = None if pixel_values is None else self.get_image_features(pixel_values, media_mask, frame_mask)
-        text_embeds = None if input_ids is None else self.get_text_features(input_ids, attention_mask)
-        out = CosmoZeroShotOutput(image_embeds=image_embeds, text_embeds=text_embeds)
-        if image_embeds is not None and text_embeds is not None:
+                return_loss=None, output_hidden_states=None, output_attentions=None, **kwargs) -> CosmoZeroShotOutput:
+        """`return_loss`: the symmetric contrastive loss, image i matching text i."""
+        flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions,
+                 "return_dict": True}
+        out = CosmoZeroShotOutput()
+        if input_ids is not None:
+            out.text_outputs = self.get_text_features(input_ids, attention_mask, **flags)
+            out.text_embeds = out.text_outputs.pooler_output
+        if pixel_values is not None:
+            out.vision_outputs = self.get_image_features(pixel_values, media_mask, frame_mask, **flags)
+            out.image_embeds = out.vision_outputs.pooler_output
+        if out.image_embeds is not None and out.text_embeds is not None:
             out.logits_per_image, out.logits_per_text = contrastive_logits(
-                image_embeds, text_embeds, self.model.logit_scale()
+                out.image_embeds, out.text_embeds, self.model.logit_scale()
             )
+            if return_loss:
+                out.loss = symmetric_contrastive_loss(out.logits_per_image, out.logits_per_text)
         return out
 
 
@@ -564,6 +776,8 @@ __all__ = [
     "CosmoOutput",
     "CosmoPreTrainedModel",
     "CosmoForZeroShotImageClassification",
+    "CosmoDecodeStep",
+    "CosmoMediaEncoder",
     "CosmoVisualCache",
     "CosmoZeroShotOutput",
     "trainable_parameters",

@@ -11,11 +11,10 @@ from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import ModelOutput
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .attention import multihead_attention
-from .compat import CACHE_NAME, cache_field, cache_kwargs, output_cache, pop_cache
+from .compat import CACHE_NAME, accepts_old_cache_name, cache_field, cache_kwargs, output_cache, pop_cache
 from .configuration_simvlg import SimVlgConfig
 from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .temporal_merging import TemporalAttention, TemporalTokenMerging, frame_mean
@@ -99,13 +98,6 @@ class SimVlgOutput(_NestedAsTuples):
     labels: torch.LongTensor | None = None
     attention_mask: torch.Tensor | None = None
     visual_tokens: SimVlgVisualTokens | None = None
-
-
-def _accepts_old_cache_name(func):
-    """From transformers 5.24, `past_key_values=` still works with transformers' own deprecation warning."""
-    if CACHE_NAME != "cache":
-        return func
-    return deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")(func)
 
 
 # ---------------------------------------------------------------------------------------------- connector
@@ -515,7 +507,7 @@ class SimVlgModel(SimVlgPreTrainedModel):
                   visual_tokens=visual_tokens)
         return lm
 
-    @_accepts_old_cache_name
+    @accepts_old_cache_name
     @can_return_tuple
     def forward(
         self,
@@ -633,7 +625,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
     ) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, media_mask, frame_mask, **kwargs)
 
-    @_accepts_old_cache_name
+    @accepts_old_cache_name
     @can_return_tuple
     def forward(
         self,
@@ -704,7 +696,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
         with_media = num_media > 0
         return bool(with_media.any()) and bool((have[with_media] == num_media[with_media]).all())
 
-    @_accepts_old_cache_name
+    @accepts_old_cache_name
     @torch.no_grad()
     def generate(
         self,

@@ -7,10 +7,6 @@ import torch
 from .media_masks import media_attention_mask
 
 
-class StopAtSplit(Exception):
-    """Raised after the last text-only layer when only the text embedding is needed."""
-
-
 @dataclass
 class VisualContext:
     """Everything the split LM needs for one forward call; owned by the caller, never stored on layers.
@@ -19,7 +15,8 @@ class VisualContext:
     media_mask: (B, M) bool, True for real media. media_index: (B, T) latest media index per token (0 = none).
     kv_cache: layer index -> (keys, values) of the visual latents, filled once and reused while decoding.
     split_hidden: (B, T, D) output of the last text-only layer, written by that layer's wrapper.
-    stop_at_split: raise `StopAtSplit` after the text-only layers (pure text embeddings).
+    stop_at_split: the layers above the split pass their input through unchanged (pure text embeddings: only
+        the text-only layers run).
     """
 
     latents: torch.Tensor | None = None

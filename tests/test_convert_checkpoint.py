@@ -236,7 +236,7 @@ def test_unimodal_depth_zero_pools_the_token_embeddings():
         embeds = model.get_input_embeddings()(ids)
         expected = torch.nn.functional.normalize(heads.text_projection.proj(heads.text_pooler(embeds, attn)), dim=-1)
         torch.testing.assert_close(out.text_embeds, expected)
-        torch.testing.assert_close(model.get_text_features(ids, attn), expected)
+        torch.testing.assert_close(model.get_text_features(ids, attn).pooler_output, expected)
 
 
 def test_resampler_latents_can_ignore_the_contrastive_latent():

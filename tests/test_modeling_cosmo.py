@@ -136,11 +136,12 @@ def test_text_embedding_is_pooled_split_output_with_padding_mask(backbones):
     heads = model.model
     expected = F.normalize(heads.text_projection.proj(heads.text_pooler(split, attn)), dim=-1)
     torch.testing.assert_close(out.text_embeds, expected, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(model.get_text_features(ids, attn), out.text_embeds, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.get_text_features(ids, attn).pooler_output, out.text_embeds, rtol=1e-5, atol=1e-5)
     # Padding is never attended: extra pad tokens leave the embedding unchanged.
     ids_more = torch.cat([ids, torch.full((2, 3), PAD_ID)], dim=1)
     attn_more = torch.cat([attn, torch.zeros(2, 3, dtype=attn.dtype)], dim=1)
-    torch.testing.assert_close(model.get_text_features(ids_more, attn_more), out.text_embeds, rtol=1e-5, atol=1e-5)
+    more = model.get_text_features(ids_more, attn_more).pooler_output
+    torch.testing.assert_close(more, out.text_embeds, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------ contrastive
@@ -186,7 +187,7 @@ def test_image_embedding_averages_the_contrastive_latent_over_real_media():
     mm = torch.tensor([[True, True, False]])
     cache = model.encode_media(px, mm)
     manual = model.image_projection(cache.contrastive_latents[0, :2].mean(0, keepdim=True))
-    torch.testing.assert_close(model.get_image_features(px, mm), manual)
+    torch.testing.assert_close(model.get_image_features(px, mm).pooler_output, manual)
 
 
 # ------------------------------------------------------------------------------------------------- generation
@@ -278,15 +279,16 @@ def test_video_frames_and_padded_frames():
     model = CosmoModel(tiny_cosmo_config()).eval()
     _, px, _ = make_batch([[1]], frames=3)
     fm = torch.tensor([[[True, True, False]]])
-    a = model.get_image_features(px, frame_mask=fm)
+    a = model.get_image_features(px, frame_mask=fm).pooler_output
     px2 = px.clone()
     px2[0, 0, 2] = 7.0  # padded frame
-    torch.testing.assert_close(model.get_image_features(px2, frame_mask=fm), a)
+    torch.testing.assert_close(model.get_image_features(px2, frame_mask=fm).pooler_output, a)
     # frame order matters through the temporal embeddings
     with torch.no_grad():
         model.resampler.frame_embeddings.normal_()
     swapped = px[:, :, [1, 0, 2]]
-    assert not torch.allclose(model.get_image_features(swapped, frame_mask=fm), model.get_image_features(px, frame_mask=fm))
+    assert not torch.allclose(model.get_image_features(swapped, frame_mask=fm).pooler_output,
+                              model.get_image_features(px, frame_mask=fm).pooler_output)
     with pytest.raises(ValueError, match="max_num_frames"):
         model.get_image_features(torch.randn(1, 1, 5, 3, 16, 16))
 

@@ -45,8 +45,8 @@ def _expected_zero_shot(folder):
     processor = get_processor("cosmo-tiny")
     with torch.no_grad():
         pixels = processor(text=["<visual>"], images=[[_image()]], return_tensors="pt")["pixel_values"]
-        image = model.get_image_features(pixels)
-        text = model.get_text_features(**processor.contrastive_text_inputs(LABELS, return_tensors="pt"))
+        image = model.get_image_features(pixels).pooler_output
+        text = model.get_text_features(**processor.contrastive_text_inputs(LABELS, return_tensors="pt")).pooler_output
         return (model.model.logit_scale() * image @ text.t()).softmax(-1)[0]
 
 

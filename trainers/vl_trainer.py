@@ -218,8 +218,8 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         """Normalised (image, text) contrastive features of a pair batch, as the training forward computes them."""
         image_kwargs = {k: inputs[k] for k in ("media_mask", "frame_mask") if inputs.get(k) is not None}
         return (
-            model.get_image_features(inputs["pixel_values"], **image_kwargs),
-            model.get_text_features(inputs["input_ids"], inputs.get("attention_mask")),
+            model.get_image_features(inputs["pixel_values"], **image_kwargs, return_dict=True).pooler_output,
+            model.get_text_features(inputs["input_ids"], inputs.get("attention_mask"), return_dict=True).pooler_output,
         )
 
     def momentum_parameter_names(self, model) -> list[str]:

@@ -3,6 +3,7 @@
 import dataclasses
 
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils import ModelOutput
 
 # transformers 5.24 renamed the decoder cache argument and output field `past_key_values` -> `cache` (the old name
 # warns until 5.40). Our code says `cache`; this is the name the installed release's decoders and `generate` use.
@@ -43,3 +44,11 @@ def pop_cache(cache, kwargs: dict):
 def cache_kwargs(cache) -> dict:
     """The cache keyword argument of a transformers decoder call on the installed release."""
     return {CACHE_NAME: cache}
+
+
+class NestedOutput(ModelOutput):
+    """Base of outputs that hold an encoder's output (`image_outputs`): `to_tuple` turns it into a tuple too, as
+    transformers' multimodal outputs do from 5.24 on (written here because 5.23 has no such base class)."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))

@@ -9,10 +9,17 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
-from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
-from .compat import CACHE_NAME, accepts_old_cache_name, cache_field, cache_kwargs, output_cache, pop_cache
+from .compat import (
+    CACHE_NAME,
+    NestedOutput,
+    accepts_old_cache_name,
+    cache_field,
+    cache_kwargs,
+    output_cache,
+    pop_cache,
+)
 from .configuration_cosmo import CosmoConfig
 from .contrastive import ContrastiveProjection, LogitScale, contrastive_logits, symmetric_contrastive_loss
 from .cross_attention import GatedCrossAttentionBlock
@@ -39,17 +46,9 @@ class CosmoVisualCache:
     vision_outputs: BaseModelOutput | None = None
 
 
-class _EncoderOutputsAsTuples(ModelOutput):
-    """`to_tuple` turns nested encoder outputs (`image_outputs`) into tuples too, as transformers' multimodal
-    outputs do."""
-
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
-
-
 @dataclass
 @cache_field
-class CosmoModelOutput(_EncoderOutputsAsTuples):
+class CosmoModelOutput(NestedOutput):
     """Outputs of `CosmoModel`: LM hidden states plus the contrastive embeddings when they were computed.
 
     Called with media only (no text), `last_hidden_state` holds the resampled latents (B, M*(L+1), Dv) and
@@ -75,7 +74,7 @@ class CosmoModelOutput(_EncoderOutputsAsTuples):
 
 @dataclass
 @cache_field
-class CosmoOutput(_EncoderOutputsAsTuples):
+class CosmoOutput(NestedOutput):
     """Outputs of `CosmoForConditionalGeneration`: `loss = lm_loss + contrastive_loss_weight * contrastive_loss`."""
 
     loss: torch.FloatTensor | None = None
@@ -700,7 +699,7 @@ def contrastive_text_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor |
 
 
 @dataclass
-class CosmoZeroShotOutput(_EncoderOutputsAsTuples):
+class CosmoZeroShotOutput(NestedOutput):
     """CLIP-style outputs: `logits_per_image` (N_images, N_texts), the normalised embeddings, and the outputs of
     `get_text_features` / `get_image_features` (`text_outputs`, `vision_outputs`)."""
 

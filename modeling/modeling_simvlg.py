@@ -14,7 +14,15 @@ from transformers.utils import ModelOutput
 from transformers.utils.generic import can_return_tuple
 
 from .attention import multihead_attention
-from .compat import CACHE_NAME, accepts_old_cache_name, cache_field, cache_kwargs, output_cache, pop_cache
+from .compat import (
+    CACHE_NAME,
+    NestedOutput,
+    accepts_old_cache_name,
+    cache_field,
+    cache_kwargs,
+    output_cache,
+    pop_cache,
+)
 from .configuration_simvlg import SimVlgConfig
 from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
 from .temporal_merging import TemporalAttention, TemporalTokenMerging, frame_mean
@@ -56,16 +64,9 @@ class SimVlgVisualTokens:
         return SimVlgVisualTokens(*(t.repeat_interleave(factor, dim=0) for t in (self.embeds, self.mask, self.sizes, self.media_mask)))
 
 
-class _NestedAsTuples(ModelOutput):
-    """`to_tuple` turns nested outputs (`image_outputs`) into tuples too, as transformers' multimodal outputs do."""
-
-    def to_tuple(self) -> tuple:
-        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in (self[k] for k in self.keys()))
-
-
 @dataclass
 @cache_field
-class SimVlgModelOutput(_NestedAsTuples):
+class SimVlgModelOutput(NestedOutput):
     """Outputs of `SimVlgModel`: LM hidden states over the sequence with the visual tokens in place.
 
     Called with media only (no text), `last_hidden_state` holds the visual tokens (B, M*K, D) in the LM width.
@@ -84,7 +85,7 @@ class SimVlgModelOutput(_NestedAsTuples):
 
 @dataclass
 @cache_field
-class SimVlgOutput(_NestedAsTuples):
+class SimVlgOutput(NestedOutput):
     """Outputs of `SimVlgForConditionalGeneration`: the LM loss over the text tokens (visual tokens ignored).
     `logits` and `labels` are those of the LM sequence (K positions per media item: a prompt with one `<visual>`
     placeholder per media item gives T + M * (K - 1) positions)."""

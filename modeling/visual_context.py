@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 
 from .media_masks import media_attention_mask
 
@@ -36,3 +37,24 @@ class VisualContext:
         if self._mask is None:
             self._mask = media_attention_mask(self.media_index, self.media_mask, self.latents.shape[2])
         return self._mask
+
+
+_CHILDREN = ("latents", "media_mask", "media_index", "kv_cache", "split_hidden", "_mask")
+
+
+def _flatten(context: VisualContext) -> tuple[list, bool]:
+    return [getattr(context, name) for name in _CHILDREN], context.stop_at_split
+
+
+def _flatten_with_keys(context: VisualContext) -> tuple[list, bool]:
+    return [(pytree.GetAttrKey(name), getattr(context, name)) for name in _CHILDREN], context.stop_at_split
+
+
+def _unflatten(children, stop_at_split: bool) -> VisualContext:
+    return VisualContext(**dict(zip(_CHILDREN, children)), stop_at_split=stop_at_split)
+
+
+# A pytree of tensors, so that `torch.export` (and transformers' exporters, which capture each submodule's inputs)
+# can take the split LM's inputs as they are.
+pytree.register_pytree_node(VisualContext, _flatten, _unflatten, serialized_type_name="cosmo_vl.VisualContext",
+                            flatten_with_keys_fn=_flatten_with_keys)

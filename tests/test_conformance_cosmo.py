@@ -5,7 +5,7 @@ from unittest import mock
 
 import pytest
 import torch
-from transformers_suite import load_tree, require_repository_mixins  # noqa: F401, I001
+from transformers_suite import load_tree, require_repository_mixins, stale_mixin_patches  # noqa: F401, I001
 
 REAL_MIXINS = load_tree()
 
@@ -40,9 +40,7 @@ class AutoNamesRegistered:
         cls._patches = [
             mock.patch.dict(getattr(modeling_auto, table), {"cosmo": name}) for table, name in AUTO_NAMES.items()
         ]
-        # The repository's GenerationTesterMixin (newer than the installed release) reads `_is_stateful`, which
-        # PreTrainedModel defined before 5.25: the attribute is supplied with its old default.
-        cls._patches.append(mock.patch.object(CosmoForConditionalGeneration, "_is_stateful", False, create=True))
+        cls._patches += stale_mixin_patches()
         for patch in cls._patches:
             patch.start()
 

@@ -5,7 +5,7 @@ import unittest
 
 import torch
 import torch.nn.functional as F
-from transformers_suite import load_tree  # noqa: I001
+from transformers_suite import load_tree, stale_mixin_patches  # noqa: I001
 
 REAL_MIXINS = load_tree()
 
@@ -76,6 +76,13 @@ class PFormerModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase)
     _is_composite = True
     test_can_init_all_missing_weights_before_2023 = True  # the config file carries no year: run it
     additional_model_inputs = ["lm_input_ids"]  # the LM's ids are outside the encoder's (larger) vocabulary
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        for patch in stale_mixin_patches():
+            patch.start()
+            cls.addClassCleanup(patch.stop)
 
     def setUp(self):
         self.model_tester = PFormerModelTester(self)

@@ -4,9 +4,8 @@ import unittest
 from unittest import mock
 
 import torch
-from transformers import PreTrainedModel
 from transformers.models.auto import modeling_auto
-from transformers_suite import load_tree  # noqa: I001
+from transformers_suite import load_tree, stale_mixin_patches  # noqa: I001
 
 REAL_MIXINS = load_tree()
 
@@ -85,8 +84,7 @@ class SimVlgModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMix
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        # The repository's mixin reads `PreTrainedModel._is_stateful`, gone from transformers 5.24 (no model is).
-        patches = [mock.patch.object(PreTrainedModel, "_is_stateful", False, create=True),
+        patches = [*stale_mixin_patches(),
                    # The Auto classes of `simvlg` (registered at import), listed where transformers lists its own:
                    # the mixin gives labels to, and trains, the classes with a head only.
                    mock.patch.dict(modeling_auto.MODEL_MAPPING_NAMES, {"simvlg": "SimVlgModel"}),

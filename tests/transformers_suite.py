@@ -163,3 +163,21 @@ def require_repository_mixins(real: bool) -> None:
     if not real:
         pytest.skip("transformers' GenerationTesterMixin / export tests live only in its repository: "
                     "set TRANSFORMERS_REPO to a transformers checkout to run them", allow_module_level=True)
+
+
+def stale_mixin_patches() -> list:
+    """Patches for the lines of repository mixins that a newer or older repository checkout has and the installed
+    release does not: `PreTrainedModel._is_stateful` (gone in 5.24, read with its old default False) and
+    `ExportedModel.module()` (5.25's exporters wrap the program: `.program.module()`). Start them in setUpClass."""
+    from unittest import mock
+
+    from transformers import PreTrainedModel
+
+    patches = [mock.patch.object(PreTrainedModel, "_is_stateful", False, create=True)]
+    try:
+        from transformers.exporters.base import ExportedModel
+    except ImportError:  # releases before the exporters package
+        return patches
+    if not hasattr(ExportedModel, "module"):
+        patches.append(mock.patch.object(ExportedModel, "module", lambda self: self.program.module(), create=True))
+    return patches

@@ -56,5 +56,5 @@ def _unflatten(children, stop_at_split: bool) -> VisualContext:
 
 # A pytree of tensors, so that `torch.export` (and transformers' exporters, which capture each submodule's inputs)
 # can take the split LM's inputs as they are.
-pytree.register_pytree_node(VisualContext, _flatten, _unflatten, serialized_type_name="cosmo_vl.VisualContext",
+pytree.register_pytree_node(VisualContext, _flatten, _unflatten, serialized_type_name=f"{__name__}.VisualContext",
                             flatten_with_keys_fn=_flatten_with_keys)

@@ -3,9 +3,15 @@
 import torch
 
 
+def media_index_from_mask(is_media: torch.Tensor) -> torch.Tensor:
+    """(B, T) bool placeholders -> (B, T) 1-based index of the latest media item at or before each position
+    (0 = none yet)."""
+    return is_media.long().cumsum(dim=-1)
+
+
 def media_index_from_ids(input_ids: torch.Tensor, media_token_id: int) -> torch.Tensor:
-    """(B, T) ids -> (B, T) 1-based index of the latest media token at or before each position (0 = none yet)."""
-    return (input_ids == media_token_id).cumsum(dim=-1)
+    """`media_index_from_mask` of the media tokens of `input_ids` (B, T)."""
+    return media_index_from_mask(input_ids == media_token_id)
 
 
 def media_token_mask(

@@ -18,17 +18,23 @@ from .compat import (
     cache_field,
     cache_kwargs,
     output_cache,
-    pop_cache,
 )
 from .configuration_cosmo import CosmoConfig
 from .contrastive import ContrastiveProjection, LogitScale, contrastive_logits, symmetric_contrastive_loss
 from .cross_attention import GatedCrossAttentionBlock
 from .lm_split import split_language_model
-from .media_masks import media_token_mask
+from .media_masks import media_index_from_ids, media_index_from_mask, media_token_mask
 from .pooling import AttentionPooling
 from .position_tables import init_sincos_positions, init_tower_sincos_positions
 from .resampler import PerceiverResampler
-from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
+from .towers import (
+    as_media_batch,
+    attach_lm_head,
+    build_from_backbones,
+    given_output_flags,
+    mark_initialized,
+    stop_at_endofchunk,
+)
 from .visual_context import VisualContext
 
 
@@ -321,8 +327,7 @@ class CosmoModel(CosmoPreTrainedModel):
         """`pooler_output`: normalised text embeddings (B, contrastive_dim); `last_hidden_state`: output of the
         text-only lower layers (B, T, D), the only layers run; their hidden states/attentions when requested."""
         context = VisualContext(stop_at_split=True)
-        flags = {k: v for k, v in (("output_hidden_states", output_hidden_states),
-                                   ("output_attentions", output_attentions)) if v is not None}
+        flags = given_output_flags(output_hidden_states, output_attentions)
         out = self.language_model(
             input_ids=input_ids, attention_mask=attention_mask, use_cache=False, visual_context=context,
             return_dict=True, **flags,
@@ -389,9 +394,8 @@ class CosmoModel(CosmoPreTrainedModel):
             `input_ids`, or of `inputs_embeds`; pass it when the tokens are a continuation of earlier ones).
         return_loss: compute the contrastive loss (needs exactly one media item per sample).
         """
-        cache = pop_cache(cache, {"past_key_values": past_key_values})  # the name before transformers 5.24
-        flags = {k: v for k, v in (("output_hidden_states", output_hidden_states),
-                                   ("output_attentions", output_attentions)) if v is not None}
+        cache = past_key_values if cache is None else cache  # the name before transformers 5.24
+        flags = given_output_flags(output_hidden_states, output_attentions)
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
@@ -408,7 +412,7 @@ class CosmoModel(CosmoPreTrainedModel):
             is_media = self.media_token_mask(input_ids, inputs_embeds)  # (B, T)
             if prefill:
                 self._check_media_tokens(is_media, visual_cache.media_mask)
-            media_index = is_media.long().cumsum(-1) if media_index is None else media_index  # (B, T)
+            media_index = media_index_from_mask(is_media) if media_index is None else media_index  # (B, T)
         pair_batch = (
             (bool(return_loss) or prefill) and visual_cache is not None
             and bool((visual_cache.media_mask.sum(-1) == 1).all())
@@ -438,16 +442,19 @@ class CosmoModel(CosmoPreTrainedModel):
             **flags,
             **kwargs,
         )
+        image_outputs = self._image_outputs(visual_cache) if new_media else None
         result = CosmoModelOutput(
             last_hidden_state=outputs.last_hidden_state,
             **cache_kwargs(output_cache(outputs)),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             visual_cache=visual_cache,
-            image_outputs=self._image_outputs(visual_cache) if new_media else None,
+            image_outputs=image_outputs,
         )
         if want_embeds:
-            result.image_embeds = self._image_embeds(visual_cache)
+            result.image_embeds = (
+                self._image_embeds(visual_cache) if image_outputs is None else image_outputs.pooler_output
+            )
             result.text_embeds = self._text_embeds(context.split_hidden, attention_mask)
             result.logit_scale = self.logit_scale()
             result.logits_per_image, result.logits_per_text = contrastive_logits(
@@ -531,7 +538,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
             (exactly one image or video per sample), never on interleaved documents.
         Other arguments as `CosmoModel.forward`.
         """
-        cache = pop_cache(cache, {"past_key_values": past_key_values})  # the name before transformers 5.24
+        cache = past_key_values if cache is None else cache  # the name before transformers 5.24
         if return_loss is None:
             return_loss = labels is not None and pixel_values is not None and _is_pair_batch(pixel_values, media_mask)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
@@ -585,7 +592,7 @@ class CosmoForConditionalGeneration(CosmoPreTrainedModel, GenerationMixin):
     def _generation_media_index(self, input_ids, inputs_embeds, attention_mask) -> torch.Tensor:
         """(B, T) media index of every token of `input_ids`. When generating from `inputs_embeds` alone, `input_ids`
         holds only the new tokens: the media of the prompt (the embeddings before them) are counted first."""
-        index = (input_ids == self.config.media_token_id).long().cumsum(-1)  # (B, T)
+        index = media_index_from_ids(input_ids, self.config.media_token_id)  # (B, T)
         full_length = attention_mask.shape[-1] if attention_mask is not None and attention_mask.dim() == 2 else 0
         missing = full_length - input_ids.shape[1]  # prompt positions absent from input_ids
         if inputs_embeds is not None and missing > 0:

@@ -24,7 +24,15 @@ from .compat import (
     pop_cache,
 )
 from .configuration_simvlg import SimVlgConfig
-from .towers import as_media_batch, attach_lm_head, build_from_backbones, mark_initialized, stop_at_endofchunk
+from .media_masks import media_token_mask
+from .towers import (
+    as_media_batch,
+    attach_lm_head,
+    build_from_backbones,
+    given_output_flags,
+    mark_initialized,
+    stop_at_endofchunk,
+)
 from .temporal_merging import TemporalAttention, TemporalTokenMerging, frame_mean
 from .token_merging import (
     MergeSchedule,
@@ -399,18 +407,14 @@ class SimVlgModel(SimVlgPreTrainedModel):
         media, in order);
         `hidden_states` / `attentions` of the vision tower when asked."""
         return self._encode(
-            pixel_values, media_mask, frame_mask, **_output_flags(output_hidden_states, output_attentions)
+            pixel_values, media_mask, frame_mask, **given_output_flags(output_hidden_states, output_attentions)
         )[1]
 
     # ---------------------------------------------------------------------------------------------- layout
     def placeholder_mask(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
         """(B, T) True at `<visual>` placeholders: from `input_ids`, or the placeholder's embedding in
         `inputs_embeds` (the embedding of `config.media_token_id`)."""
-        if input_ids is not None:
-            return input_ids == self.config.media_token_id
-        token = torch.tensor(self.config.media_token_id, device=inputs_embeds.device)
-        placeholder = self.get_input_embeddings()(token).to(inputs_embeds.dtype)  # (D,)
-        return (inputs_embeds == placeholder).all(dim=-1)
+        return media_token_mask(self.config.media_token_id, input_ids, inputs_embeds, self.get_input_embeddings())
 
     def expand_media_tokens(self, input_ids, attention_mask, labels, visual: SimVlgVisualTokens):
         """The input with K `<visual>` tokens per media item (see `expand_media_tokens`); already expanded inputs
@@ -535,7 +539,7 @@ class SimVlgModel(SimVlgPreTrainedModel):
         visual_tokens: media encoded by an earlier call (`encode_media`); replaces `pixel_values`.
         """
         cache = pop_cache(cache, kwargs)
-        flags = _output_flags(output_hidden_states, output_attentions)
+        flags = given_output_flags(output_hidden_states, output_attentions)
         if input_ids is None and inputs_embeds is None:
             if pixel_values is None:
                 raise ValueError("Pass input_ids (text), pixel_values (media), or both.")
@@ -576,12 +580,6 @@ class SimVlgModel(SimVlgPreTrainedModel):
             attention_mask=attention_mask,
             visual_tokens=lm["visual_tokens"],
         )
-
-
-def _output_flags(output_hidden_states: bool | None, output_attentions: bool | None) -> dict:
-    """The output flags that were given (None: each tower's config decides)."""
-    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
-    return {k: v for k, v in flags.items() if v is not None}
 
 
 class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
@@ -654,7 +652,7 @@ class SimVlgForConditionalGeneration(SimVlgPreTrainedModel, GenerationMixin):
         """
         cache = pop_cache(cache, kwargs)
         num_items_in_batch = kwargs.pop("num_items_in_batch", None)
-        flags = _output_flags(output_hidden_states, output_attentions)
+        flags = given_output_flags(output_hidden_states, output_attentions)
         lm = self.model.merge_media(
             input_ids, inputs_embeds, attention_mask, pixel_values, media_mask, frame_mask, visual_tokens, cache,
             labels=labels, shift_labels=kwargs.pop("shift_labels", None), **flags,

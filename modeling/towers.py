@@ -61,3 +61,9 @@ def stop_at_endofchunk(model) -> None:
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     if model.config.endofchunk_token_id not in eos:
         model.generation_config.eos_token_id = eos + [model.config.endofchunk_token_id]
+
+
+def given_output_flags(output_hidden_states: bool | None, output_attentions: bool | None) -> dict:
+    """The output flags a caller gave, as keyword arguments (a flag left None is the tower's config's to decide)."""
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+    return {k: v for k, v in flags.items() if v is not None}

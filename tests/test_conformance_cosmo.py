@@ -5,7 +5,13 @@ from unittest import mock
 
 import pytest
 import torch
-from transformers_suite import load_tree, require_repository_mixins, stale_mixin_patches  # noqa: F401, I001
+from transformers_suite import (  # noqa: F401, I001
+    TinyVlmTester,
+    load_tree,
+    require_repository_mixins,
+    stale_mixin_patches,
+    start_class_patches,
+)
 
 REAL_MIXINS = load_tree()
 
@@ -37,18 +43,8 @@ class AutoNamesRegistered:
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls._patches = [
-            mock.patch.dict(getattr(modeling_auto, table), {"cosmo": name}) for table, name in AUTO_NAMES.items()
-        ]
-        cls._patches += stale_mixin_patches()
-        for patch in cls._patches:
-            patch.start()
-
-    @classmethod
-    def tearDownClass(cls):
-        for patch in reversed(cls._patches):
-            patch.stop()
-        super().tearDownClass()
+        names = [mock.patch.dict(getattr(modeling_auto, table), {"cosmo": name}) for table, name in AUTO_NAMES.items()]
+        start_class_patches(cls, [*names, *stale_mixin_patches()])
 
 
 class CosmoTextTowerTester:
@@ -63,35 +59,12 @@ class CosmoTextTowerTester:
         return config, {k: inputs[k] for k in ("input_ids", "attention_mask")}
 
 
-class CosmoModelTester:
+class CosmoModelTester(TinyVlmTester):
     """Tiny CosMo: CLIP vision tower, Llama LM split 1 + 1, one image per sample at the start of the prompt."""
 
-    def __init__(self, parent, batch_size=3, text_length=7, is_training=True):
-        self.parent = parent
-        self.batch_size = batch_size
-        self.seq_length = text_length
-        self.is_training = is_training
-        self.vocab_size = 99
-        self.hidden_size = 32
-        self.num_hidden_layers = 2
-        self.num_attention_heads = 4
-        self.media_token_id = 3
-        self.endofchunk_token_id = 4
-        self.pad_token_id = 0
-        self.image_size = 8
-        self.num_channels = 3
+    def __init__(self, parent, **kwargs):
+        super().__init__(parent, **kwargs)
         self.text_model_tester = CosmoTextTowerTester(self)
-        self.text_config = {
-            "model_type": "llama", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": 37, "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": 2,
-            "max_position_embeddings": 64, "pad_token_id": self.pad_token_id, "bos_token_id": 1,
-            "eos_token_id": 2, "tie_word_embeddings": False,
-        }
-        self.vision_config = {
-            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "image_size": self.image_size, "patch_size": 4, "num_channels": 3,
-        }
 
     def get_config(self):
         return CosmoConfig(
@@ -101,18 +74,6 @@ class CosmoModelTester:
             media_token_id=self.media_token_id, endofchunk_token_id=self.endofchunk_token_id,
             freeze_vision_tower=False, freeze_language_model=False,
         )
-
-    def prepare_config_and_inputs_for_common(self):
-        config = self.get_config()
-        input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 5) + 5
-        input_ids[:, 1] = self.media_token_id
-        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
-        inputs = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "pixel_values": pixel_values,
-        }
-        return config, inputs
 
 
 class CosmoModelTest(

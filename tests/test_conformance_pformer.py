@@ -5,7 +5,7 @@ import unittest
 
 import torch
 import torch.nn.functional as F
-from transformers_suite import load_tree, stale_mixin_patches  # noqa: I001
+from transformers_suite import load_tree, stale_mixin_patches, start_class_patches  # noqa: I001
 
 REAL_MIXINS = load_tree()
 
@@ -80,9 +80,7 @@ class PFormerModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase)
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        for patch in stale_mixin_patches():
-            patch.start()
-            cls.addClassCleanup(patch.stop)
+        start_class_patches(cls, stale_mixin_patches())
 
     def setUp(self):
         self.model_tester = PFormerModelTester(self)

@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import torch
 import transformers
 
 VERSION = transformers.__version__
@@ -181,3 +182,53 @@ def stale_mixin_patches() -> list:
     if not hasattr(ExportedModel, "module"):
         patches.append(mock.patch.object(ExportedModel, "module", lambda self: self.program.module(), create=True))
     return patches
+
+
+def start_class_patches(cls, patches) -> None:
+    """Start `patches` for the duration of a test class (call from setUpClass)."""
+    for patch in patches:
+        patch.start()
+        cls.addClassCleanup(patch.stop)
+
+
+class TinyVlmTester:
+    """What the CosMo and SimVLG testers share: a tiny CLIP vision tower, a tiny Llama LM, one image per sample and
+    `num_placeholders` `<visual>` tokens from position 1 of each prompt. Subclasses give `get_config`."""
+
+    num_placeholders = 1
+
+    def __init__(self, parent, batch_size=3, text_length=7, is_training=True):
+        self.parent = parent
+        self.batch_size = batch_size
+        self.seq_length = text_length
+        self.is_training = is_training
+        self.vocab_size = 99
+        self.hidden_size = 32
+        self.num_hidden_layers = 2
+        self.num_attention_heads = 4
+        self.media_token_id = 3
+        self.endofchunk_token_id = 4
+        self.pad_token_id = 0
+        self.image_size = 8
+        self.num_channels = 3
+        self.text_config = {
+            "model_type": "llama", "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": 37, "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads, "num_key_value_heads": 2,
+            "max_position_embeddings": 64, "pad_token_id": self.pad_token_id, "bos_token_id": 1,
+            "eos_token_id": 2, "tie_word_embeddings": False,
+        }
+        self.vision_config = {
+            "model_type": "clip_vision_model", "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "image_size": self.image_size, "patch_size": 4, "num_channels": 3,
+        }
+
+    def prepare_config_and_inputs_for_common(self):
+        from tests.test_modeling_common import floats_tensor, ids_tensor  # the tree `load_tree` put on sys.path
+
+        config = self.get_config()
+        input_ids = ids_tensor([self.batch_size, self.seq_length], self.vocab_size - 5) + 5
+        input_ids[:, 1 : 1 + self.num_placeholders] = self.media_token_id
+        pixel_values = floats_tensor([self.batch_size, self.num_channels, self.image_size, self.image_size])
+        return config, {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+                        "pixel_values": pixel_values}

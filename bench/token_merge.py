@@ -82,27 +82,44 @@ def _summary(times: list[float], batch: int) -> dict:
             "images_per_s": batch / best, "images_per_s_mean": batch / mean}
 
 
-def bench_tower(batch: int, iters: int, device: torch.device, sync) -> dict:
+# ToMe's published off-the-shelf ViT-B/16 inference speedup at r=13 (the paper's throughput table), for comparison.
+PUBLISHED_VIT_B16_R13 = 1.65
+
+
+def bench_tower(batch: int, iters: int, device: torch.device, sync, dtype=torch.float32, inference: bool = False,
+                compile_tower: bool = False) -> dict:
+    """Images/s of the ViT-B/16 tower at each r: forward + backward (training), or forward alone under
+    `torch.inference_mode` (`inference=True`, ToMe's throughput setting)."""
     torch.manual_seed(0)
-    model = CLIPVisionModel(vit_b16()).to(device).train()
+    model = CLIPVisionModel._from_config(vit_b16(), attn_implementation="sdpa").to(device, dtype)
+    model.train(not inference)
     apply_token_merging(model, r=0)
-    pixels = torch.randn(batch, 3, 224, 224, device=device)
+    run = torch.compile(model) if compile_tower else model  # recompiles once per r (tome_r is guarded)
+    pixels = torch.randn(batch, 3, 224, 224, device=device, dtype=dtype)
     results = {}
     for r in TOWER_R:
         model.tome_r = r
 
         def step():
+            if inference:
+                with torch.inference_mode():
+                    run(pixel_values=pixels)
+                return
             model.zero_grad(set_to_none=True)
-            model(pixel_values=pixels).last_hidden_state.float().square().mean().backward()
+            run(pixel_values=pixels).last_hidden_state.float().square().mean().backward()
 
+        if compile_tower:
+            step()  # compilation outside the timed warm-up
         results[f"r{r}"] = {**_summary(_timed(step, iters, sync), batch), "r": r,
                             "tokens_out": token_counts(197, [r] * 12, 1)[-1],
                             "flop_ratio": tower_flops(vit_b16(), 0) / tower_flops(vit_b16(), r)}
-        print(f"tower r={r:2d}: {results[f'r{r}']['images_per_s']:.2f} images/s", flush=True)
+        print(f"tower r={r:2d} ({'inference' if inference else 'fwd+bwd'}, {dtype}): "
+              f"{results[f'r{r}']['images_per_s']:.1f} images/s", flush=True)
     base, base_mean = results["r0"]["images_per_s"], results["r0"]["images_per_s_mean"]
     for point in results.values():
         point["speedup"] = point["images_per_s"] / base
         point["speedup_mean"] = point["images_per_s_mean"] / base_mean
+        point["speedup_over_flop_ratio"] = point["speedup"] / point["flop_ratio"]
     return results
 
 
@@ -113,16 +130,16 @@ def simvlg_config(merge_r: int, vision_merge_r: int = 0) -> SimVlgConfig:
                         media_token_id=3, connector_dropout=0.0)
 
 
-def bench_simvlg(batch: int, iters: int, device: torch.device, sync) -> dict:
+def bench_simvlg(batch: int, iters: int, device: torch.device, sync, dtype=torch.float32) -> dict:
     results = {}
     ids = torch.randint(5, 8000, (batch, 32), device=device)
     ids[:, 1] = 3
     labels = ids.clone()
     labels[:, :2] = -100
-    pixels = torch.randn(batch, 1, 1, 3, 224, 224, device=device)
+    pixels = torch.randn(batch, 1, 1, 3, 224, 224, device=device, dtype=dtype)
     for key, (vision_r, r) in SIMVLG_POINTS.items():
         torch.manual_seed(0)
-        model = SimVlgForConditionalGeneration(simvlg_config(r, vision_r)).to(device).train()
+        model = SimVlgForConditionalGeneration(simvlg_config(r, vision_r)).to(device, dtype).train()
         optimizer = trainer_optimizer(model)
 
         def step():
@@ -195,6 +212,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--iters", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"], help="tower and SimVLG step dtype")
+    parser.add_argument("--tower_batch", type=int, default=None, help="tower batch (default: --batch)")
+    parser.add_argument("--compile", action="store_true", help="also time the tower under torch.compile")
+    parser.add_argument("--skip_simvlg", action="store_true", help="tower only")
     parser.add_argument("--quality_steps", type=int, default=600, help="0 skips the quality comparison")
     parser.add_argument("--quality_eval_samples", type=int, default=200)
     parser.add_argument("--quality_merge_r", type=int, default=3, help="merged setting: r per connector layer")
@@ -203,21 +224,36 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dtype = getattr(torch, args.dtype)
+    tower_batch = args.tower_batch or args.batch
+    machine = {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "platform": platform.platform()}
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name()
     report = {
         "benchmark": "token_merge",
-        "machine": {"device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "platform": platform.platform()},
-        "settings": {"batch": args.batch, "iters": args.iters, "tower": "CLIP ViT-B/16 shapes, 197 tokens"},
-        "tower": bench_tower(args.batch, args.iters, device, sync),
-        "simvlg_step": bench_simvlg(args.batch, args.iters, device, sync),
+        "machine": machine,
+        "settings": {"batch": args.batch, "tower_batch": tower_batch, "iters": args.iters, "dtype": args.dtype,
+                     "tower": "CLIP ViT-B/16 shapes, 197 tokens, SDPA attention"},
+        "tower": bench_tower(tower_batch, args.iters, device, sync, dtype),
+        "tower_inference": bench_tower(tower_batch, args.iters, device, sync, dtype, inference=True),
+        "published_tome_vit_b16_r13_speedup": PUBLISHED_VIT_B16_R13,
     }
+    if args.compile:
+        report["tower_compiled"] = bench_tower(tower_batch, args.iters, device, sync, dtype, compile_tower=True)
+        report["tower_inference_compiled"] = bench_tower(tower_batch, args.iters, device, sync, dtype, inference=True,
+                                                         compile_tower=True)
+    if not args.skip_simvlg:
+        report["simvlg_step"] = bench_simvlg(args.batch, args.iters, device, sync, dtype)
     if args.quality_steps > 0:
         report["simvlg_quality"] = bench_simvlg_quality(args.quality_steps, 32, args.quality_eval_samples,
                                                         args.quality_merge_r, args.quality_vision_merge_r,
                                                         args.quality_seed)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=2))
-    print(json.dumps({k: {p: round(v["speedup"], 2) for p, v in report[k].items()} for k in ("tower", "simvlg_step")}))
+    timed = [k for k in ("tower", "tower_inference", "tower_compiled", "tower_inference_compiled", "simvlg_step")
+             if k in report]
+    print(json.dumps({k: {p: round(v["speedup"], 2) for p, v in report[k].items()} for k in timed}))
 
 
 if __name__ == "__main__":

@@ -473,17 +473,26 @@ def pair_generate_task(task: dict) -> dict:
     """Generation speed of CosMo, OpenFlamingo (and the bare LM, `lm_only`, which gets the same prompt ids without
     images) in one process, alternating calls (see `pair_train_task`). `batch` rows repeat the prompt, each with
     its own images; tokens/s counts the new tokens of all rows."""
-    from _peer_env import median
-
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         lm_dir = save_lm(Path(tmp) / "lm", task["shape"]["lm"])
         models = _paired(task, lm_dir)
-    n, new, rows = task["num_media"], task["new_tokens"], task.get("batch", 1)
+    n, rows = task["num_media"], task.get("batch", 1)
     input_ids, pixels = few_shot_prompt(task["shape"], n, rows)
-    attention_mask = torch.ones_like(input_ids)
-    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1)
+    out = time_generation(models, input_ids, pixels, task["new_tokens"], task["warmup"], task["iters"])
+    return {"num_media": n, "batch": rows, **out, "load_average": os.getloadavg()}
 
+
+def time_generation(models: list[tuple[str, object]], input_ids, pixels, new_tokens: int, warmup: int, iters: int,
+                    sync=lambda: None) -> dict:
+    """Greedy `generate` of exactly `new_tokens` tokens by each (name, model), alternating calls (the order flips
+    every round); with `cosmo` and `lm_only` both present, also CosMo's media encoding alone. `sync` waits for the
+    device (CUDA) before a call's clock stops."""
+    from _peer_env import median
+
+    attention_mask = torch.ones_like(input_ids)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, num_beams=1)
+    rows = input_ids.shape[0]
     calls = [(name, lambda model=model, name=name: generate_call(_kind(name), model, input_ids, attention_mask,
                                                                   pixels, kwargs)) for name, model in models]
     names = [name for name, _ in models]
@@ -495,24 +504,23 @@ def pair_generate_task(task: dict) -> dict:
     with torch.inference_mode():
         for name, model in models:
             model.eval()
-        for i in range(task["warmup"] + task["iters"]):
+        for i in range(warmup + iters):
             for name, call in (calls if i % 2 == 0 else calls[::-1]):
+                sync()
                 start = time.perf_counter()
                 out = call()
-                if i >= task["warmup"]:
+                sync()
+                if i >= warmup:
                     times[name].append(time.perf_counter() - start)
                 if name != "media_encoding":
                     generated[name] = out.shape[1] - input_ids.shape[1]
     return {
-        "num_media": n,
-        "batch": rows,
         "prompt_tokens": input_ids.shape[1],
         "new_tokens": generated,
         "time_s": {k: median(v) for k, v in times.items()},
         "times_s": times,
         "tokens_per_s": {k: rows * generated[k] / median(v) for k, v in times.items() if k in generated},
         "best_tokens_per_s": {k: rows * generated[k] / min(v) for k, v in times.items() if k in generated},
-        "load_average": os.getloadavg(),
     }
 
 

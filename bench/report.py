@@ -1,5 +1,5 @@
-"""Render benchmark JSON files (vs_openflamingo, roofline, scaling, objectives, pformer_vs_blip2, token_merge) into
-Markdown tables and PNG plots.
+"""Render benchmark JSON files (vs_openflamingo, roofline, scaling, objectives, pformer_vs_blip2, token_merge,
+generation) into Markdown tables and PNG plots.
 
     python bench/report.py --input vs_openflamingo.json roofline.json scaling.json --output-dir bench_report
 
@@ -19,12 +19,12 @@ VS_SUFFIXES = ("", "_interval2")  # vs_openflamingo keys: CosMo interval 1, then
 
 
 def kind_of(data: dict) -> str:
-    if data.get("benchmark") in ("roofline", "scaling", "objectives", "pformer_vs_blip2", "token_merge"):
+    if data.get("benchmark") in ("roofline", "scaling", "objectives", "pformer_vs_blip2", "token_merge", "generation"):
         return data["benchmark"]
     if data.get("details", {}).get("benchmark") == "vs_openflamingo" or "train_step_time_ratio" in data:
         return "vs_openflamingo"
     raise ValueError("Unrecognised benchmark JSON (expected vs_openflamingo, roofline, scaling, objectives, "
-                     "pformer_vs_blip2 or token_merge output).")
+                     "pformer_vs_blip2, token_merge or generation output).")
 
 
 def fmt(value, digits: int = 3) -> str:
@@ -159,6 +159,20 @@ def render_roofline(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
              f"{r['step_time_s']:.3f}", f"{r['achieved_flops_per_s'] / 1e9:.2f}", f"{100 * r['fraction_of_peak']:.1f}%"]
             for r in data["configs"]]
     lines += table(["config", "batch x tokens", "GFLOP/step", "s/step", "GFLOP/s", "of peak"], rows)
+    runs = [r for rows in data.get("runs", {}).values() for r in rows]
+    if runs:
+        lines += ["", "Every path and speed-switch variant:", ""]
+        lines += table(["config", "batch x tokens", "path", "variant", "s/step", "of peak"],
+                       [[r["config"], f"{r['batch']}x{r['seq_len']}", r["path"], r["variant"], r["step_time_s"],
+                         f"{100 * r['fraction_of_peak']:.1f}%"] for r in runs])
+    searches = [(name, key, m[key]) for name, m in data.get("memory", {}).items() for key in
+                ("without_checkpointing", "with_checkpointing") if key in m]
+    if searches:
+        lines += ["", "Largest Trainer batch that fits:", ""]
+        lines += table(["config", "checkpointing", "tokens", "batch", "peak GiB", "search ended"],
+                       [[name, key.split("_")[0], m["seq_len"], m["batch"],
+                         None if m["peak_allocated_bytes"] is None else m["peak_allocated_bytes"] / 2**30, m["stopped"]]
+                        for name, key, m in searches])
     pngs = []
     if plt is not None and data["configs"]:
         fig, ax = plt.subplots(figsize=(5, 3.2))
@@ -315,8 +329,20 @@ def render_token_merge(data: dict, out: Path, plt) -> tuple[list[str], list[Path
     return lines, pngs
 
 
+# ----------------------------------------------------------------------------------------------------- generation
+def render_generation(data: dict, out: Path, plt) -> tuple[list[str], list[Path]]:
+    lines = [f"## Generation ({data.get('device', '?')})", ""]
+    if "skipped" in data:
+        return lines + [f"Skipped: {data['skipped']}."], []
+    lines += [f"{data['preset']} in {data['dtype']}, {data['new_tokens']} new tokens (greedy).", ""]
+    rows = [[key, r["tokens_per_s"]["cosmo"], r["tokens_per_s"]["lm_only"], r["cosmo_over_lm_tokens_per_s"],
+             1e3 * r["time_s"]["media_encoding"]] for key, r in data["results"].items()]
+    return lines + table(["prompt", "CosMo tokens/s", "bare LM tokens/s", "CosMo / bare LM", "encoding ms"], rows), []
+
+
 RENDERERS = {"vs_openflamingo": render_vs, "roofline": render_roofline, "scaling": render_scaling,
-             "objectives": render_objectives, "pformer_vs_blip2": render_pformer, "token_merge": render_token_merge}
+             "objectives": render_objectives, "pformer_vs_blip2": render_pformer, "token_merge": render_token_merge,
+             "generation": render_generation}
 
 
 def render(inputs: list[Path], out_dir: Path) -> tuple[str, list[Path]]:

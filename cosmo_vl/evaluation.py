@@ -1,4 +1,9 @@
-"""Batched evaluation loops: zero-shot classification, image-text retrieval, captioning and VQA."""
+"""Batched evaluation loops: zero-shot classification, image-text retrieval, captioning and VQA.
+
+Media items are decoded by the training collator's own function (`cosmo_vl.processing.load_media`): anything a
+dataset row may hold for training (PIL images, datasets records {"bytes", "path"}, encoded bytes, paths, frame
+arrays, video paths) evaluates too.
+"""
 
 from collections.abc import Sequence
 
@@ -6,6 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import bleu, cider_d, exact_match, retrieval_metrics, top1_accuracy, vqa_accuracy
+from .processing.captions import caption_references
+from .processing.media import load_media
 
 
 def _batches(items: Sequence, size: int, desc: str, progress: bool):
@@ -20,10 +27,11 @@ def _device(model) -> torch.device:
 
 @torch.no_grad()
 def image_embeddings(model, processor, media: Sequence, batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """(N, D) normalised embeddings of images (PIL) or videos (frame arrays), one media item per sample."""
+    """(N, D) normalised embeddings of images or videos, one media item per sample (any item `load_media` reads)."""
     out = []
     for chunk in _batches(list(media), batch_size, "image features", progress):
-        batch = processor(media=[[m] for m in chunk], text=["<visual>"] * len(chunk), return_tensors="pt")
+        items = [[load_media(m)] for m in chunk]
+        batch = processor(media=items, text=["<visual>"] * len(chunk), return_tensors="pt")
         out.append(
             model.get_image_features(
                 batch["pixel_values"].to(_device(model)), batch["media_mask"].to(_device(model)),
@@ -73,13 +81,15 @@ def zero_shot_classification(
 def retrieval(model, processor, media: Sequence, texts: Sequence[str], text_to_image: Sequence[int] | None = None,
               image_to_text: Sequence[int] | None = None, batch_size: int = 64, progress: bool = True) -> dict:
     """Image<->text recall@1/5/10 and median ranks. Give `text_to_image` (text j describes image i) or
-    `image_to_text` (image i's caption is text j; several images may share one text)."""
+    `image_to_text` (image i's caption is text j, or a list of its captions' indices; several images may share
+    one text)."""
     image = image_embeddings(model, processor, media, batch_size, progress)
     text = text_embeddings(model, processor, texts, progress=progress)
     positives = None
     if image_to_text is not None:
         positives = torch.zeros(len(media), len(texts), dtype=torch.bool)
-        positives[torch.arange(len(media)), torch.as_tensor(image_to_text)] = True
+        for i, targets in enumerate(image_to_text):
+            positives[i, torch.as_tensor(targets, dtype=torch.long)] = True
     return retrieval_metrics(image @ text.t(), text_to_image, positives=positives)
 
 
@@ -95,7 +105,8 @@ def generate_texts(
     pairs = list(zip(prompts, media))
     for chunk in _batches(pairs, batch_size, desc, progress):
         texts, items = zip(*chunk)
-        batch = processor(text=list(texts), media=[list(m) for m in items], return_tensors="pt", padding_side="left")
+        items = [[load_media(m) for m in sample] for sample in items]
+        batch = processor(text=list(texts), media=items, return_tensors="pt", padding_side="left")
         batch = batch.to(device)
         generated = model.generate(
             **batch, max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False, eos_token_id=stop,
@@ -108,7 +119,9 @@ def generate_texts(
 
 def captioning(model, processor, media: Sequence, references: Sequence[Sequence[str]], prompt: str = "<visual>",
                shots: Sequence[tuple] = (), **generate_kwargs) -> dict:
-    """Caption each media item (optionally after k demonstration (media, caption) pairs); CIDEr, BLEU-4, exact match."""
+    """Caption each media item (optionally after k demonstration (media, caption) pairs); CIDEr, BLEU-4, exact match
+    against `references[i]`: all reference captions of item i (a single string counts as one)."""
+    references = caption_references(references)
     demo_text = "".join(f"<visual>{caption}<|endofchunk|>" for _, caption in shots)
     demo_media = [m for m, _ in shots]
     predictions = generate_texts(

@@ -167,15 +167,13 @@ def run_generative(model, processor, data, demo_pool, args) -> dict:
 
 
 def run_retrieval(model, processor, data, args) -> dict:
-    """Image<->text retrieval over the distinct captions: an image's positive is its own caption."""
+    """Image<->text retrieval over the distinct captions: an image's positives are its own captions (one or a list)."""
     from cosmo_vl import evaluation
+    from cosmo_vl.processing import retrieval_targets
 
     images = data[_column(data, args.image_column, "image")]
-    captions = data[_column(data, args.text_column)]
-    unique = sorted(set(captions))
-    index = {c: j for j, c in enumerate(unique)}
-    results = evaluation.retrieval(model, processor, images, unique, image_to_text=[index[c] for c in captions],
-                                   batch_size=args.batch_size)
+    unique, targets = retrieval_targets(data[_column(data, args.text_column)])
+    results = evaluation.retrieval(model, processor, images, unique, image_to_text=targets, batch_size=args.batch_size)
     results["num_texts"] = len(unique)
     return results
 

@@ -4,6 +4,7 @@
     accelerate launch examples/pretrain.py --model_type simvlg   # SimVLG (simvlg-tiny); blip2 [--pformer DIR]: BLIP-2
     accelerate launch examples/pretrain.py --dataset path/to/imagefolder --image_column image --text_column text
     accelerate launch --num_processes 2 --cpu examples/pretrain.py --max_steps 200   # DDP (gloo)
+    accelerate launch examples/pretrain.py --dataset shards/ --streaming --max_steps 10000   # lazy parquet/tar shards
     accelerate launch examples/pretrain.py --vision_model openai/clip-vit-large-patch14 --text_model facebook/opt-iml-1.3b
 
 Every TrainingArguments option is accepted (`--learning_rate`, `--resume_from_checkpoint`, `--bf16`, ...).
@@ -25,10 +26,13 @@ from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import CosmoConfig, CosmoForConditionalGeneration, trainable_parameters
 from cosmo_vl.presets import get_config, list_presets
 from cosmo_vl.processing import EMBEDDED_DATASETS, VLCollator, zero_shot_prompts
+from cosmo_vl.processing.captions import caption_references, retrieval_targets
 from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resume
 from cosmo_vl.trainers.recipes import (
     RecipeArguments, build_processor, hyperparameters, load_training_data, merge_split_results, run_recipe,
 )
+from cosmo_vl.trainers.dataloader_defaults import auto_dataloader_workers
+from cosmo_vl.trainers.sharding import check_launch, unsharded_model
 
 logger = logging.getLogger("pretrain")
 
@@ -52,6 +56,12 @@ class ScriptArguments:
     text_column: str = field(default="text", metadata={"help": "Caption column of --dataset."})
     max_eval_samples: int = field(default=500, metadata={"help": "Held-out samples used by the final evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training samples."})
+    streaming: bool = field(
+        default=False,
+        metadata={"help": "Read the training shards lazily (needs --max_steps): each process its own shards, order "
+                  "seeded by --seed, exact resume with --resume_from_checkpoint last (cosmo_vl/trainers/streaming.py)."},
+    )
+    shuffle_buffer_size: int = field(default=1000, metadata={"help": "--streaming: samples shuffled together."})
     final_evaluation: bool = field(default=True, metadata={"help": "Evaluate and write the Hub folder at the end."})
     max_length: int = field(default=64, metadata={"help": "Longest token sequence; longer samples are truncated."})
     final_dir: str | None = field(default=None, metadata={"help": "Hub-ready folder (default: OUTPUT_DIR/final)."})
@@ -121,12 +131,10 @@ def evaluate_split(model, processor, data, args: ScriptArguments) -> dict:
         keep = [i for i, label in enumerate(data["label"]) if label is not None and label >= 0]
         results.update(evaluation.zero_shot_classification(
             model, processor, [images[i] for i in keep], [data["label"][i] for i in keep], prompts, reduce="max"))
-    # Retrieval over the distinct captions: an image's positive is its own caption text.
-    unique = sorted(set(captions))
-    index = {c: j for j, c in enumerate(unique)}
-    results.update(evaluation.retrieval(model, processor, images, unique, text_to_image=None,
-                                        image_to_text=[index[c] for c in captions]))
-    caption = evaluation.captioning(model, processor, images, [[c] for c in captions])
+    # Retrieval over the distinct captions: an image's positives are its own caption texts (all, with several).
+    unique, targets = retrieval_targets(captions)
+    results.update(evaluation.retrieval(model, processor, images, unique, text_to_image=None, image_to_text=targets))
+    caption = evaluation.captioning(model, processor, images, caption_references(captions))
     results.update({k: v for k, v in caption.items() if k != "predictions"})
     results["examples"] = [{"reference": r, "prediction": p} for r, p in zip(captions[:8], caption["predictions"][:8])]
     return results
@@ -147,11 +155,13 @@ def save_hub_folder(model, processor, results: dict, args: ScriptArguments, trai
     return final_dir
 
 
-def main(argv=None):
+def main(argv=None, callbacks=None):
+    """Run the recipe; `callbacks` (TrainerCallback instances) join the CosMo trainer's, e.g. a `StepTimer`."""
     parser = HfArgumentParser((ScriptArguments, RecipeArguments, CosmoTrainingArguments))
     parser.set_defaults(**DEFAULTS)
     args, recipe_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(level=logging.INFO if training_args.process_index == 0 else logging.WARNING)
+    check_launch(training_args)
     use_cpu_threads(args.num_threads, training_args)
     set_seed(training_args.seed)
     if args.model_type != "cosmo":  # SimVLG and BLIP-2: cosmo_vl/trainers/{simvlg,blip2}_recipe.py
@@ -163,6 +173,7 @@ def main(argv=None):
     logger.info("model: %s, trainable %d / %d parameters (%.1f%%)", args.config, trainable, total, 100 * fraction)
 
     train_data, eval_splits, _ = load_training_data(args, training_args)
+    auto_dataloader_workers(training_args, sys.argv[1:] if argv is None else argv, train_data)  # GPU only
     # CosMo's evaluation here is image-based; held-out video splits are evaluated with examples/evaluate.py.
     eval_splits = {name: split for name, split in eval_splits.items() if not name.startswith("video_")}
 
@@ -172,10 +183,12 @@ def main(argv=None):
     )
     trainer = CosmoTrainer(
         model=model, args=training_args, train_dataset=train_data, data_collator=collator,
-        processing_class=processor,
+        processing_class=processor, callbacks=callbacks,
     )
     trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint, training_args.output_dir))
 
+    if args.final_evaluation:  # FSDP / ZeRO-3: every process hands its shards to the main one
+        model = unsharded_model(trainer, model)
     if trainer.is_world_process_zero() and args.final_evaluation:
         model.eval()
         results = {"train_runtime_s": trainer.state.log_history[-1].get("train_runtime")}

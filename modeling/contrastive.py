@@ -17,15 +17,23 @@ class ContrastiveProjection(nn.Module):
 
 
 class LogitScale(nn.Module):
-    """Learnable log logit scale (inverse temperature), clamped to ``max_value`` when read."""
+    """Learnable log logit scale (inverse temperature), clamped to ``max_value`` when read; a 0-dim tensor."""
 
     def __init__(self, init_value: float, max_value: float):
         super().__init__()
-        self.value = nn.Parameter(torch.tensor(float(init_value)))
+        # Shape (1,), not (): FSDP2's `fully_shard` rejects 0-dim parameters.
+        self.value = nn.Parameter(torch.full((1,), float(init_value)))
         self.max_value = max_value
 
     def forward(self) -> torch.Tensor:
-        return self.value.clamp(max=self.max_value).exp()
+        return self.value.clamp(max=self.max_value).exp().squeeze(0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the (1,) shape hold a 0-dim value: load them unchanged.
+        key = prefix + "value"
+        if key in state_dict and state_dict[key].dim() == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 def contrastive_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor):

@@ -273,7 +273,7 @@ def map_checkpoint(state: dict[str, torch.Tensor], layout: str | None = None) ->
         elif layout == "cosmo" and key == "text_to_latents.to_latents.weight":
             out.heads["text_projection.proj.weight"] = value
         elif layout == "cosmo" and key == "temperature":
-            out.heads["logit_scale.value"] = value.reshape(())
+            out.heads["logit_scale.value"] = value.reshape(1)
         elif layout == "cosmo" and key.startswith(_COSMO_TEXT_POOLING):
             out.dropped[key] = "CosMo text pooling (latent attention + FF): no counterpart, our pooler starts fresh"
         else:

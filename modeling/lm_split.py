@@ -61,7 +61,7 @@ class MultimodalDecoderLayer(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, visual_context: VisualContext | None = None, **kwargs):
         if self.is_split_input and visual_context is not None:
-            visual_context.split_hidden = hidden_states
+            visual_context.set_split_hidden(hidden_states)
         if visual_context is not None and visual_context.stop_at_split and not self.is_text_only:
             return hidden_states
         if self.cross_attention is not None and visual_context is not None and visual_context.has_media:
@@ -70,7 +70,7 @@ class MultimodalDecoderLayer(nn.Module):
             )
         outputs = self.layer(hidden_states, *args, **kwargs)
         if self.is_split_output and visual_context is not None:
-            visual_context.split_hidden = outputs[0] if isinstance(outputs, tuple) else outputs
+            visual_context.set_split_hidden(outputs[0] if isinstance(outputs, tuple) else outputs)
         return outputs
 
 

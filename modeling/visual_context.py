@@ -1,5 +1,6 @@
 """The per-call visual state handed to the decoder layers as a keyword argument."""
 
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -18,6 +19,9 @@ class VisualContext:
     split_hidden: (B, T, D) output of the last text-only layer, written by that layer's wrapper.
     stop_at_split: the layers above the split pass their input through unchanged (pure text embeddings: only
         the text-only layers run).
+
+    FSDP2 hands each wrapped layer a copy of this object (`dataclasses.replace`, to hook its tensors): layers write
+    through `set_split_hidden` and read the mask through `attention_mask`, which reach the caller's own context.
     """
 
     latents: torch.Tensor | None = None
@@ -27,6 +31,19 @@ class VisualContext:
     split_hidden: torch.Tensor | None = None
     stop_at_split: bool = False
     _mask: torch.Tensor | None = field(default=None, repr=False)
+    # The caller's context; a weak reference, which FSDP's traversal of dataclass fields leaves as it is.
+    _root: weakref.ref | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self._root is None:
+            self._root = weakref.ref(self)
+
+    @property
+    def root(self) -> "VisualContext":
+        return self._root() or self
+
+    def set_split_hidden(self, hidden_states: torch.Tensor) -> None:
+        self.split_hidden = self.root.split_hidden = hidden_states
 
     @property
     def has_media(self) -> bool:
@@ -34,9 +51,10 @@ class VisualContext:
 
     def attention_mask(self) -> torch.Tensor:
         """(B, 1, T, M*L) bool mask of the cross-attention, computed once per call and shared by all blocks."""
-        if self._mask is None:
-            self._mask = media_attention_mask(self.media_index, self.media_mask, self.latents.shape[2])
-        return self._mask
+        root = self.root
+        if root._mask is None:
+            root._mask = media_attention_mask(self.media_index, self.media_mask, self.latents.shape[2])
+        return root._mask
 
 
 _CHILDREN = ("latents", "media_mask", "media_index", "kv_cache", "split_hidden", "_mask")

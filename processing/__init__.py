@@ -1,8 +1,11 @@
 """Processing for cosmo-vl models: the shipped tokenizer, :class:`CosmoProcessor` and prompt builders."""
 
+from .captions import CaptionChoice, caption_references, one_caption_per_sample, retrieval_targets
 from .collators import SampleError, SkipStats, VLCollator
 from .images import ImageLoadingError, load_image
+from .layouts import LayoutError
 from .loaders import detect_format, load_any, load_image_text, load_interleaved, load_interleaved_video, load_video_text
+from .media import load_media
 from .mixing import RoundRobinBatches
 from .processing_cosmo import IGNORE_INDEX, CosmoProcessor, CosmoProcessorKwargs, default_chat_template
 from .synthetic import (
@@ -39,6 +42,12 @@ from .tokenization import (
 )
 
 __all__ = [
+    "CaptionChoice",
+    "LayoutError",
+    "caption_references",
+    "load_media",
+    "one_caption_per_sample",
+    "retrieval_targets",
     "EMBEDDED_DATASETS",
     "ImageLoadingError",
     "RoundRobinBatches",

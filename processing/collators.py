@@ -12,9 +12,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from .images import ImageLoadingError, load_image
+from .images import ImageLoadingError
+from .media import load_media
 from .synthetic import interleaved_to_text
-from .video import VideoDecodingError, read_video
+from .video import VideoDecodingError
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +67,11 @@ class VLCollator:
     return_labels: bool = True
     stats: SkipStats = field(default_factory=SkipStats)
 
+    def _image(self, item):
+        return load_media(item, "image")
+
     def _video(self, item):
-        if isinstance(item, str):
-            return read_video(item, num_frames=self.num_frames, sampling=self.video_sampling)
-        return item
+        return load_media(item, "video", num_frames=self.num_frames, sampling=self.video_sampling)
 
     def example_to_sample(self, example: dict, index: int = 0) -> tuple[str, list]:
         """(text with placeholders, ordered media) for one example; raises `SampleError` naming the problem."""
@@ -79,13 +81,13 @@ class VLCollator:
                     example[self.images_column], example[self.texts_column],
                     self.processor.media_token, self.processor.endofchunk_token,
                 )
-                media = [load_image(m) for m in media]
+                media = [self._image(m) for m in media]
             elif example.get(self.image_column) is not None:
-                text, media = example.get(self.text_column), [load_image(example[self.image_column])]
+                text, media = example.get(self.text_column), [self._image(example[self.image_column])]
             elif example.get(self.images_column) is not None:
                 # OBELICS-aligned lists hold None where the document has text: keep the images, in order.
                 images = [m for m in example[self.images_column] if m is not None]
-                text, media = example.get(self.text_column), [load_image(m) for m in images]
+                text, media = example.get(self.text_column), [self._image(m) for m in images]
             elif example.get(self.video_column) is not None:
                 text, media = example.get(self.text_column), [self._video(example[self.video_column])]
             elif example.get(self.videos_column) is not None:
@@ -95,6 +97,9 @@ class VLCollator:
                 text, media = example.get(self.text_column), []
         except (ImageLoadingError, VideoDecodingError, OSError) as err:
             raise SampleError(f"sample {index}: unreadable media ({err})") from err
+        if isinstance(text, (list, tuple)):
+            raise SampleError(f"sample {index}: column {self.text_column!r} holds a list of {len(text)} captions; "
+                              "draw one per sample first (cosmo_vl.processing.one_caption_per_sample)")
         if not isinstance(text, str) or not text.strip():
             raise SampleError(f"sample {index}: empty or missing text in column {self.text_column!r}")
         return text, media

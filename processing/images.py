@@ -45,6 +45,9 @@ def _open(obj, source) -> Image.Image:
         if len(obj) == 0:
             raise ImageLoadingError(source, "0 bytes")
         return Image.open(io.BytesIO(bytes(obj)))
+    if isinstance(obj, np.ndarray) and obj.ndim in (2, 3):  # (H, W) or (H, W, C) pixels
+        pixels = obj[..., 0] if obj.ndim == 3 and obj.shape[-1] == 1 else obj
+        return Image.fromarray(pixels if pixels.dtype == np.uint8 else np.clip(pixels, 0, 255).astype(np.uint8))
     if isinstance(obj, (str, os.PathLike)):
         path = Path(obj)
         if not path.is_file():
@@ -69,7 +72,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_image(obj, max_pixels: int = MAX_PIXELS, min_side: int = MIN_SIDE) -> Image.Image:
-    """PIL image / path / bytes / datasets record {"bytes", "path"} -> RGB PIL image.
+    """PIL image / path / bytes / datasets record {"bytes", "path"} / (H, W[, C]) uint8 array -> RGB PIL image.
 
     CMYK, 16-bit and float, grayscale, palette and alpha images are converted (transparency on white) and EXIF
     rotations applied. Raises `ImageLoadingError` for missing, 0-byte, corrupt or truncated files, images with a

@@ -1,8 +1,9 @@
 """Load user data in the layouts the field uses, through `datasets`, into the schema of the embedded corpora.
 
-    load_image_text        -> image, text          imagefolder + metadata.jsonl/csv, parquet, csv/jsonl of image
-                                                   paths, a save_to_disk folder, webdataset shards (xxx.jpg + xxx.txt
-                                                   or xxx.json)
+    load_image_text        -> image, text          imagefolder + metadata.jsonl/csv, parquet (images as datasets
+                                                   Images, {bytes, path} structs, bytes or paths), csv/jsonl of image
+                                                   paths, a save_to_disk folder, webdataset shards (xxx.jpg/png/webp +
+                                                   xxx.txt or xxx.json); text: a caption or a list of captions
     load_interleaved       -> images, texts        OBELICS-aligned lists (or MMC4 text_list + image_info), from
                                                    parquet, jsonl or save_to_disk; flatten=True gives images + text
     load_video_text        -> video, text          WebVid layout: csv/jsonl/parquet of video paths and captions
@@ -11,6 +12,7 @@
 
 Each loader returns the `split` (default "train") as a `Dataset`, an `IterableDataset` with `streaming=True`, or
 all splits with `split=None`. Relative media paths resolve against the data file's folder (or `media_root`).
+A folder's splits follow the Hub's file names (`data/train-00000-of-00002.parquet`, `data/test-...`).
 """
 
 import inspect
@@ -22,11 +24,13 @@ from datasets import (
     Image,
     IterableDatasetDict,
     List,
-    Value,
     load_dataset,
     load_from_disk,
 )
+from datasets.data_files import DataFilesDict, get_data_patterns
 
+from .layouts import check_text_column, image_column_to_image, layout_error
+from .layouts import resolve_path as _resolve
 from .synthetic import EMBEDDED_DATASETS, interleaved_to_text, load_embedded_dataset
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -34,7 +38,7 @@ _FILE_FORMATS = {".parquet": "parquet", ".tar": "webdataset", ".csv": "csv", ".j
 # Columns tried, in order, when the default column name is absent.
 _FALLBACKS = {
     "image": ["image", "jpg", "jpeg", "png", "webp", "img", "image_path", "file_name"],
-    "text": ["text", "caption", "txt", "name", "TEXT", "sentence"],
+    "text": ["text", "caption", "txt", "name", "TEXT", "sentence", "captions", "sentences"],
     "video": ["video", "video_path", "path", "mp4", "contentUrl"],
     "videos": ["videos", "clips", "video_paths"],
     "images": ["images"],
@@ -78,9 +82,24 @@ def _load_raw(path, streaming: bool, **load_kwargs):
     if fmt == "imagefolder":
         return load_dataset("imagefolder", data_dir=str(path), streaming=streaming, **load_kwargs)
     suffix = {"webdataset": ".tar", "json": (".jsonl", ".json")}.get(fmt, f".{fmt}")
-    files = [str(path)] if path.is_file() else sorted(
-        str(p) for p in path.rglob("*") if p.is_file() and p.name.lower().endswith(suffix))
-    return load_dataset(fmt, data_files={"train": files}, streaming=streaming, **load_kwargs)
+    files = {"train": [str(path)]} if path.is_file() else _split_files(path, suffix)
+    try:
+        return load_dataset(fmt, data_files=files, streaming=streaming, **load_kwargs)
+    except ValueError as err:
+        if fmt != "webdataset":
+            raise
+        raise ValueError(f"{path}: unreadable webdataset shards ({err}); every sample needs the same members, e.g. "
+                         "xxx.jpg + xxx.txt (or xxx.json) in every shard.") from err
+
+
+def _split_files(folder: Path, suffix) -> dict[str, list[str]]:
+    """{split: files} of a folder, with the split names the Hub reads from file names (`data/train-00000-of-
+    00002.parquet`, `test/...`; datasets' own patterns), else every file as "train"; kept to the format's files."""
+    patterns = get_data_patterns(str(folder))
+    resolved = DataFilesDict.from_patterns(patterns, base_path=str(folder))
+    files = {split: sorted(str(f) for f in found if str(f).lower().endswith(suffix))
+             for split, found in resolved.items()}
+    return {split: found for split, found in files.items() if found}
 
 
 def _columns(data) -> list[str]:
@@ -119,12 +138,6 @@ def _root(path, media_root) -> Path:
     return path.parent if path.is_file() else path
 
 
-def _resolve(value, root: Path):
-    if isinstance(value, str) and value and "://" not in value and not os.path.isabs(value):
-        return str(root / value)
-    return value
-
-
 def _select(data, split: str | None, path):
     if split is None:
         return data
@@ -138,30 +151,24 @@ def _per_split(data, function):
     return cls({name: function(part) for name, part in data.items()})
 
 
-def _is_string(data, column: str) -> bool:
-    feature = (data.features or {}).get(column)
-    if feature is None:  # unknown features (streamed json): look at a value
-        first = next(iter(data), None)
-        return first is not None and isinstance(first.get(column), str)
-    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
-
-
 # --------------------------------------------------------------------------------------------- image-text pairs
 def _image_text(data, path, image_column, text_column, root):
     columns = _columns(data)
-    image = _pick(columns, image_column, "image", path, "image")
-    text = _pick(columns, text_column, "text", path, "text", required="json" not in columns)
+    try:
+        image = _pick(columns, image_column, "image", path, "image")
+        text = _pick(columns, text_column, "text", path, "text", required="json" not in columns)
+    except ValueError as err:
+        raise layout_error(path, data, str(err).removeprefix(f"{path}: ").split(";")[0]) from err
     if text is None:  # webdataset with xxx.json: the caption is a field of the json
         data = data.map(lambda ex: {"text": _json_caption(ex["json"], text_column, path)})
         text = "text"
-    data = _rename(data, {image: "image", text: "text"})
-    if _is_string(data, "image"):  # csv/jsonl of image paths
-        data = data.map(lambda ex: {"image": _resolve(ex["image"], root)}).cast_column("image", Image())
-    return data
+    check_text_column(data, text, path)
+    data = image_column_to_image(data, image, root, path)
+    return _rename(data, {image: "image", text: "text"})
 
 
 def _json_caption(record, key: str, path) -> str:
-    for candidate in (key, "caption", "text", "TEXT"):
+    for candidate in (key, "caption", "captions", "text", "TEXT"):
         if isinstance(record, dict) and record.get(candidate) is not None:
             return record[candidate]
     raise ValueError(f"{path}: no caption field {key!r} (or caption/text) in the json record {record!r}")
@@ -171,9 +178,12 @@ def load_image_text(path, image_column: str = "image", text_column: str = "text"
                     streaming: bool = False, media_root=None, **load_kwargs):
     """Image-caption pairs -> `image` (datasets Image) + `text`.
 
-    Layouts: imagefolder with metadata.jsonl/csv (`file_name` + caption columns), parquet file(s), csv/jsonl of
-    image paths, a save_to_disk folder, webdataset shards (`000000.tar` holding `xxx.jpg` + `xxx.txt` or
-    `xxx.json` with a caption field). Extra keyword arguments go to `datasets.load_dataset`."""
+    Layouts: imagefolder with metadata.jsonl/csv (`file_name` + caption columns), parquet file(s) or a Hub folder of
+    split shards, csv/jsonl of image paths, a save_to_disk folder, webdataset shards (`000000.tar` holding
+    `xxx.jpg`/`.png`/`.webp` + `xxx.txt` or `xxx.json` with a caption field). The image column may hold datasets
+    Images, `{bytes, path}` structs, encoded bytes or paths (see `layouts`); URLs and unknown layouts raise
+    `LayoutError`. The text column holds a caption or a list of captions (kept: `one_caption_per_sample` draws one
+    for training). Extra keyword arguments go to `datasets.load_dataset`."""
     data = _load_raw(path, streaming, **load_kwargs)
     root = _root(path, media_root)
     return _select(_per_split(data, lambda d: _image_text(d, path, image_column, text_column, root)), split, path)

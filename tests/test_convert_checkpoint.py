@@ -194,7 +194,7 @@ def test_cosmo_layout_contrastive_latent_compress_ratio_and_heads():
     assert mapped.layout == "cosmo"
     assert torch.equal(mapped.resampler["contrastive_latent"], state["perceiver.latents"][0])
     assert torch.equal(mapped.resampler["latents"], state["perceiver.latents"][1:])
-    assert mapped.heads["logit_scale.value"].shape == () and "text_latent" in mapped.dropped
+    assert mapped.heads["logit_scale.value"].shape == (1,) and "text_latent" in mapped.dropped
     assert "vision_encoder.transformer.resblocks.0.ln_1.weight" in mapped.dropped
     kwargs = conv.infer_layout_config(mapped)
     assert (kwargs["unimodal_depth"], kwargs["cross_attention_interval"]) == (2, 1)

@@ -2,6 +2,7 @@
 
 from .callbacks import (
     AttributeScheduleCallback,
+    DatasetEpochCallback,
     LossWeightWarmupCallback,
     MomentumScheduleCallback,
     ScheduleCallback,
@@ -19,6 +20,7 @@ __all__ = [
     "AttributeScheduleCallback",
     "CosmoTrainer",
     "CosmoTrainingArguments",
+    "DatasetEpochCallback",
     "LossMeter",
     "LossWeightWarmupCallback",
     "MomentumScheduleCallback",

@@ -27,7 +27,7 @@ from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.metrics import bleu, cider_d, exact_match
 from cosmo_vl.modeling import PFormerModel, trainable_parameters
 from cosmo_vl.presets import BLIP2_IMAGE_TOKEN, get_config, get_processor, list_presets
-from cosmo_vl.processing import load_image
+from cosmo_vl.processing import caption_references, load_image
 
 from .blip2_stages import Blip2StageModel
 from .checkpoints import TRAINING_ARGS_FILE, last_complete_checkpoint, resolve_resume
@@ -182,8 +182,8 @@ def generate_captions(blip2, processor, images, batch_size: int = 32, max_new_to
 def evaluate_split(blip2, processor, data, max_samples: int) -> dict:
     """Captioning CIDEr, BLEU-4 and exact match on one held-out split of image-caption pairs."""
     data = data.select(range(min(len(data), max_samples)))
-    captions = data["text"]
-    references = [[c] for c in captions]
+    captions = data["text"]  # a caption or a list of captions per image: all are references
+    references = caption_references(captions)
     predictions = generate_captions(blip2, processor, data["image"])
     return {
         "num_samples": len(data),

@@ -107,3 +107,14 @@ class LossWeightWarmupCallback(ScheduleCallback):
         if self.trainer is None:
             raise RuntimeError("LossWeightWarmupCallback needs a VLTrainer: pass it in the trainer's `callbacks`.")
         self.trainer.set_loss_weight(self.component, value)
+
+
+class DatasetEpochCallback(TrainerCallback):
+    """Hand the epoch to a training dataset with `set_epoch` (e.g. `CaptionChoice`, which draws one of several
+    captions per epoch) at the start of every epoch. accelerate's data loader calls `dataset.set_epoch` only when
+    its sampler has none (not under DDP, where the seedable sampler has one), so the trainer does it here."""
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        dataset = getattr(train_dataloader, "dataset", None)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(math.floor((state.epoch or 0) + 1e-9))  # fractional when resumed mid-epoch

@@ -12,8 +12,10 @@ import numpy as np
 import safetensors
 import safetensors.torch
 import torch
-from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer import SCHEDULER_NAME, TRAINING_ARGS_NAME
 from transformers.utils import is_sagemaker_mp_enabled, is_torch_xla_available
+
+from .sharding import load_sharded_optimizer, sharded_optimizer_dir
 
 logger = logging.getLogger(__name__)
 
@@ -206,6 +208,12 @@ class SafetensorsCheckpointMixin:
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         if checkpoint is None:
+            return
+        if folder := sharded_optimizer_dir(self, checkpoint):
+            if fresh := load_sharded_optimizer(self, folder):
+                logger.info("Parameters without an optimizer state in %s start fresh: %s", folder, fresh)
+            # The Trainer's own file and reading for FSDP (a pickle of numbers, read with weights_only).
+            self.lr_scheduler.load_state_dict(torch.load(os.path.join(checkpoint, SCHEDULER_NAME), weights_only=True))
             return
         optimizer_file = os.path.join(checkpoint, OPTIMIZER_FILE)
         scheduler_file = os.path.join(checkpoint, SCHEDULER_FILE)

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cosmo_vl.processing import RoundRobinBatches, load_any
+from cosmo_vl.processing import RoundRobinBatches, load_any, one_caption_per_sample
 
 logger = logging.getLogger("pretrain")
 
@@ -108,6 +108,10 @@ def load_training_data(args, training_args, group_batches: bool = True):
     `video_<split>`."""
     specs = [name_and_ratio(part) for part in args.dataset.split(",")]
     args.dataset = specs[0][0]
+    if getattr(args, "streaming", False):  # shards read lazily, resumable: trainers/streaming.py
+        from .streaming import load_streaming_data
+
+        return load_streaming_data(args, training_args, [name for name, _ in specs])
     data = load_any(args.dataset, image_column=args.image_column, text_column=args.text_column)
     train_data = data["train"]
     if args.max_train_samples:
@@ -121,6 +125,7 @@ def load_training_data(args, training_args, group_batches: bool = True):
     else:
         split = train_data.train_test_split(test_size=min(0.1, args.max_eval_samples / max(1, len(train_data))), seed=0)
         train_data, eval_splits["eval"] = split["train"], split["test"]
+    train_data = one_caption_per_sample(train_data, training_args.seed)  # COCO-style caption lists: one per epoch
     if len(specs) > 1:
         extra = [load_any(name) for name, _ in specs[1:]]
         for corpus in extra:
@@ -128,7 +133,8 @@ def load_training_data(args, training_args, group_batches: bool = True):
                 eval_splits.update({f"video_{name}": corpus[name] for name in ("test", "test_iid") if name in corpus})
         steps = training_args.max_steps if training_args.max_steps > 0 else None
         train_data = RoundRobinBatches(
-            [train_data] + [corpus["train"] for corpus in extra], [float(r) for _, r in specs],
+            [train_data] + [one_caption_per_sample(corpus["train"], training_args.seed) for corpus in extra],
+            [float(r) for _, r in specs],
             training_args.per_device_train_batch_size,
             num_batches=None if steps is None else steps * training_args.gradient_accumulation_steps
             * training_args.world_size, group=training_args.world_size, seed=training_args.seed,

@@ -8,7 +8,7 @@ from cosmo_vl import evaluation
 from cosmo_vl.hub_cards import build_model_card
 from cosmo_vl.modeling import MergeSchedule, SimVlgConfig, SimVlgForConditionalGeneration, trainable_parameters
 from cosmo_vl.presets import get_config, list_presets
-from cosmo_vl.processing import VLCollator, read_video
+from cosmo_vl.processing import VLCollator, caption_references, read_video
 
 from .callbacks import AttributeScheduleCallback
 from .checkpoints import resolve_resume
@@ -75,8 +75,8 @@ def evaluate_split(model, processor, data, max_samples: int, num_frames: int) ->
         media = [read_video(path, num_frames=num_frames) for path in data["video"]]
     else:
         media = data["image"]
-    captions = data["text"]
-    caption = evaluation.captioning(model, processor, media, [[c] for c in captions])
+    captions = data["text"]  # a caption or a list of captions per item: all are references
+    caption = evaluation.captioning(model, processor, media, caption_references(captions))
     results = {"num_samples": len(data), **{k: v for k, v in caption.items() if k != "predictions"}}
     results["examples"] = [{"reference": r, "prediction": p} for r, p in zip(captions[:8], caption["predictions"][:8])]
     return results

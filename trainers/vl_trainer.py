@@ -28,9 +28,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, has_length, unwrap
 
 from cosmo_vl.modeling.vlp_objectives import alpha_ramp, image_text_matching_loss, itm_negatives, momentum_contrastive_loss
 
+from .callbacks import DatasetEpochCallback
 from .checkpoints import SafetensorsCheckpointMixin
 from .losses import distributed_contrastive_loss, world
 from .objectives import GroupedHardNegativeSampler, enqueue_gathered, gather_no_grad
+from .streaming import StreamingTrainerMixin
 from .vlp_options import (
     CHECKPOINT_NAME,
     INDEX_KEY,
@@ -121,7 +123,7 @@ class LossMeter:
         return {n: float(s / c) for n, (s, c) in zip(names, values.tolist()) if c > 0}
 
 
-class VLTrainer(SafetensorsCheckpointMixin, Trainer):
+class VLTrainer(StreamingTrainerMixin, SafetensorsCheckpointMixin, Trainer):
     """`Trainer` that builds the loss from the model's component losses, exact under gradient accumulation and
     DDP; recomputes the contrastive term against every process's embeddings; logs each component (unweighted,
     averaged over the logging window and the processes) next to `loss`, and as `eval_<name>` when evaluating.
@@ -144,6 +146,7 @@ class VLTrainer(SafetensorsCheckpointMixin, Trainer):
         self._accepts_return_loss = "return_loss" in params
         self.loss_weights = {canonical_loss_name(k): float(v) for k, v in (self.args.loss_weights or {}).items()}
         self._meters = {"train": LossMeter(), "eval": LossMeter()}
+        self.add_callback(DatasetEpochCallback())  # per-epoch caption draws, also under DDP
         self._bind_callbacks()
         self._setup_objectives()
 

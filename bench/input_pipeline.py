@@ -117,6 +117,12 @@ class ProfileSteps(TrainerCallback):
             self.prof.__exit__(None, None, None)
             self.done = True
 
+    def on_train_end(self, args, state, control, **kwargs):
+        # A run shorter than skip + steps: stop the profiler over the steps it saw (a running one crashes at exit).
+        if self.prof is not None and not self.done:
+            self.prof.__exit__(None, None, None)
+            self.steps, self.done = max(1, state.global_step - self.skip), True
+
     def table(self, folder: Path | None, name: str) -> dict:
         """Top ops by self CPU time, per step; the full table goes to `folder / name`."""
         if not self.done:

@@ -29,10 +29,6 @@ from transformers import TrainerCallback
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def load_pretrain_script():
     """`examples/pretrain.py` as a module (its import time is the start-up cost of the run's imports)."""
     import importlib.util
@@ -155,7 +151,9 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="More `examples/pretrain.py` options for the trainer runs (last on the line).")
     args = parser.parse_args(argv)
-    n = cores()
+    from cosmo_vl.trainers.dataloader_defaults import usable_cores
+
+    n = usable_cores()
     workers = args.workers if args.workers is not None else sorted({0, *[w for w in (1, 2, 4, 8, 16) if w <= n]})
     trainer_workers = args.trainer_workers if args.trainer_workers is not None else sorted({0, min(8, n - 1)})
     steps = args.steps or (40 if args.quick else 200)

@@ -31,7 +31,7 @@ from cosmo_vl.trainers import CosmoTrainer, CosmoTrainingArguments, resolve_resu
 from cosmo_vl.trainers.recipes import (
     RecipeArguments, build_processor, hyperparameters, load_training_data, merge_split_results, run_recipe,
 )
-from cosmo_vl.trainers.dataloader_defaults import auto_dataloader_workers
+from cosmo_vl.trainers.dataloader_defaults import auto_dataloader_workers, usable_cores
 from cosmo_vl.trainers.sharding import check_launch, unsharded_model
 
 logger = logging.getLogger("pretrain")
@@ -104,8 +104,7 @@ def use_cpu_threads(num_threads: int | None, training_args) -> None:
     `--cpu` flag, which halves the default run's speed on 2 cores. Several processes keep accelerate's split."""
     if training_args.device.type != "cpu" or training_args.world_size > 1:
         return
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, num_threads or available or 1))
+    torch.set_num_threads(max(1, num_threads or usable_cores()))
     logger.info("CPU threads: %d", torch.get_num_threads())
 
 
